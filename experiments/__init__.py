@@ -1,0 +1,1 @@
+"""Hydra entry points; the library (``ssm``) never imports Hydra."""

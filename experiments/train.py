@@ -1,0 +1,40 @@
+"""Train a model: ``python -m experiments.train [experiment=...] [group.key=value ...]``."""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ssm.config import ConfigError
+from ssm.train import TrainingDiverged, experiment_config, train
+
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" noise
+
+
+def resolve(cfg: DictConfig):
+    """The typed ExperimentConfig of a composed Hydra config (``hydra`` node dropped)."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    raw.pop("hydra", None)
+    return experiment_config(raw)
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    try:
+        config = resolve(cfg)
+        results = train(config)
+    except (ConfigError, TrainingDiverged) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print(
+        f"test accuracy: {results['test/accuracy']:.4f} "
+        f"(validation {results['validation/accuracy']:.4f}, best step {results['best_step']}) "
+        f"-> {config.trainer.output_dir}",
+        flush=True,
+    )
+    return results["validation/accuracy"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Datasets (TFDS builders read through array_record), the dataset registry and Grain loaders."""
+
+from ssm.data import digits as _digits  # noqa: F401  (registers "digits")
+from ssm.data.loader import Loader
+from ssm.data.registry import (
+    DATASETS,
+    Dataset,
+    DatasetSpec,
+    dataset_options_class,
+    get_dataset,
+    register_dataset,
+    resolve_data_dir,
+)
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DatasetSpec",
+    "Loader",
+    "dataset_options_class",
+    "get_dataset",
+    "register_dataset",
+    "resolve_data_dir",
+]

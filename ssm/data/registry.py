@@ -1,0 +1,94 @@
+"""The dataset registry: the trainer picks datasets by name (``dataset=digits``).
+
+A registered dataset is a factory ``fn(*, <options>) -> Dataset`` with keyword-only options (their
+annotations and defaults are the config schema). A ``Dataset`` has a ``spec`` and a random-access
+``source(split)`` whose examples are dicts of numpy arrays:
+
+- ``inputs``: (l, d_input) float32 for real-valued inputs, or (l,) int32 tokens;
+- ``label``: int class index;
+- ``length`` (optional): int number of valid positions; absent means all ``l`` are valid.
+"""
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ssm.config import from_mapping, options_dataclass, options_of
+from ssm.registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., "Dataset"]], Callable[..., "Dataset"]]:
+    """Function decorator: register a dataset factory under ``name``."""
+    return DATASETS.register(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What a model needs to know about a dataset.
+
+    Attributes:
+        name: registry name.
+        seq_len: l, the (maximum) sequence length.
+        num_classes: number of label classes.
+        d_input: real-valued input channels, or None for token inputs.
+        vocab_size: token vocabulary size, or None for real-valued inputs.
+        splits: the split names ``source`` accepts.
+    """
+
+    name: str
+    seq_len: int
+    num_classes: int
+    d_input: int | None
+    vocab_size: int | None
+    splits: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A dataset: its spec and one random-access source per split.
+
+    Attributes:
+        spec: the dataset's shapes and splits.
+        sources: split name -> source with ``len()`` and ``__getitem__(i) -> example dict``.
+    """
+
+    spec: DatasetSpec
+    sources: Mapping[str, Any]
+
+    def __post_init__(self):
+        if set(self.sources) != set(self.spec.splits):
+            raise ValueError(
+                f"dataset {self.spec.name!r} has sources for {sorted(self.sources)} "
+                f"but its spec lists splits {list(self.spec.splits)}"
+            )
+
+    def source(self, split: str):
+        """The random-access source of ``split``; unknown splits fail naming the valid ones."""
+        if split not in self.spec.splits:
+            raise ValueError(
+                f"unknown split {split!r} of dataset {self.spec.name!r}; "
+                f"valid: {', '.join(self.spec.splits)}"
+            )
+        return self.sources[split]
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+    """``data_dir``, else ``$SSM_DATA_DIR``, else ``~/.cache/ssm_jax/tfds``."""
+    if data_dir is None:
+        data_dir = os.environ.get("SSM_DATA_DIR") or "~/.cache/ssm_jax/tfds"
+    return os.path.expanduser(data_dir)
+
+
+def dataset_options_class(name: str) -> type:
+    """The frozen dataclass of the named dataset's options (checked at config time)."""
+    class_name = name.title().replace("_", "") + "Options"
+    return options_dataclass(DATASETS.get(name), class_name)
+
+
+def get_dataset(name: str, **options) -> Dataset:
+    """Build the named dataset; options are checked against its factory's signature."""
+    config = from_mapping(dataset_options_class(name), options, where="dataset")
+    return DATASETS.get(name)(**options_of(config))

@@ -1,0 +1,125 @@
+"""SequenceModel: encoder -> N residual blocks of a registered sequence layer -> pooling -> head."""
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssm.config import options_dataclass
+from ssm.layers.registry import LAYERS
+
+ACTIVATIONS = {"gelu": nnx.gelu, "relu": nnx.relu, "silu": nnx.silu, "tanh": jnp.tanh}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class ResidualBlock(nnx.Module):
+    """x + out(dropout(act(layer(norm(x))))) (pre-norm) or norm(x + ...) (post-norm)."""
+
+    def __init__(self, d_model, layer, *, norm, prenorm, activation, output, dropout, dtype, rngs):
+        self.layer, self.prenorm, self.activation = layer, prenorm, ACTIVATIONS[activation]
+        if norm == "layer":
+            self.norm = nnx.LayerNorm(d_model, dtype=dtype, rngs=rngs)
+        else:
+            self.norm = nnx.BatchNorm(d_model, dtype=dtype, momentum=0.9, rngs=rngs)
+        width = 2 * d_model if output == "glu" else d_model
+        self.out = nnx.Linear(layer.d_output, width, dtype=dtype, rngs=rngs)
+        self.glu = output == "glu"
+        self.dropout = nnx.Dropout(dropout)
+
+    def _norm(self, x, mask, train):
+        if isinstance(self.norm, nnx.BatchNorm):
+            return self.norm(x, use_running_average=not train, mask=mask[..., None])
+        return self.norm(x)
+
+    def __call__(self, x, mask, *, train, key):
+        """x: (b, l, d), mask: (b, l) bool -> (b, l, d)."""
+        z = self._norm(x, mask, train) if self.prenorm else x
+        z = self.activation(self.layer(z, mask))
+        z = self.dropout(z, deterministic=not train, rngs=key)
+        z = self.out(z)
+        if self.glu:
+            z = nnx.glu(z, axis=-1)
+        x = x + z
+        return x if self.prenorm else self._norm(x, mask, train)
+
+
+class SequenceModel(nnx.Module):
+    """A residual stack of sequence layers for classification or per-position prediction.
+
+    Inputs are real-valued (b, l, d_input) or tokens (b, l) (give ``vocab_size``). An optional
+    (b, l) bool mask marks valid positions: padded positions are zeroed before every layer and
+    never enter the pooling. Output: (b, num_classes), or (b, l, num_classes) with pooling "none".
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        d_input: int | None = None,
+        vocab_size: int | None = None,
+        layer: str = "s4d",
+        layer_options: dict | None = None,
+        d_model: int = 128,
+        n_layers: int = 4,
+        dropout: float = 0.1,
+        activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu",
+        output: Literal["glu", "linear"] = "glu",
+        norm: Literal["layer", "batch"] = "layer",
+        prenorm: bool = True,
+        pooling: Literal["mean", "last", "none"] = "mean",
+        dtype: Literal["float32", "bfloat16"] = "float32",
+        rngs: nnx.Rngs,
+    ):
+        if (d_input is None) == (vocab_size is None):
+            raise ValueError("SequenceModel needs exactly one of d_input (real) or vocab_size")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        compute = DTYPES[dtype]
+        if vocab_size is not None:
+            self.encoder = nnx.Embed(vocab_size, d_model, dtype=compute, rngs=rngs)
+        else:
+            self.encoder = nnx.Linear(d_input, d_model, dtype=compute, rngs=rngs)
+        layer_cls = LAYERS.get(layer)
+        block = dict(norm=norm, prenorm=prenorm, activation=activation, output=output)
+        self.blocks = nnx.List(
+            ResidualBlock(
+                d_model,
+                layer_cls(d_model, **(layer_options or {}), dtype=compute, rngs=rngs),
+                **block,
+                dropout=dropout,
+                dtype=compute,
+                rngs=rngs,
+            )
+            for _ in range(n_layers)
+        )
+        self.final_norm = nnx.LayerNorm(d_model, dtype=compute, rngs=rngs) if prenorm else None
+        self.head = nnx.Linear(d_model, num_classes, rngs=rngs)
+        self.pooling = pooling
+
+    def __call__(self, x, mask=None, *, train: bool = False, key=None):
+        """x: (b, l, d_input) or (b, l) tokens; mask: (b, l) bool; key: dropout PRNG key."""
+        if mask is None:
+            mask = jnp.ones(x.shape[:2], bool)
+        if train and key is None:
+            raise ValueError("SequenceModel(train=True) needs a dropout key")
+        h = self.encoder(x)
+        for i, block in enumerate(self.blocks):
+            h = block(h, mask, train=train, key=None if key is None else jax.random.fold_in(key, i))
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        h = h.astype(jnp.float32)
+        if self.pooling == "mean":
+            weights = mask.astype(jnp.float32)[..., None]
+            h = jnp.sum(h * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+        elif self.pooling == "last":
+            last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
+            h = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+        return self.head(h)
+
+
+ModelOptions = options_dataclass(
+    SequenceModel.__init__,
+    "ModelOptions",
+    skip=("num_classes", "d_input", "vocab_size", "layer", "layer_options", "rngs"),
+)

@@ -1,0 +1,65 @@
+"""Orbax checkpoints of the train state: the latest (for exact resume) and the best (by a metric)."""
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    """Two orbax ``CheckpointManager``s under ``directory``: ``latest/`` and ``best/``.
+
+    Orbax writes each checkpoint to a temporary folder and renames it when complete, so a crash
+    during a save never corrupts an earlier checkpoint.
+    """
+
+    def __init__(self, directory: str | Path, best_metric: str = "validation/accuracy"):
+        directory = Path(directory).absolute()
+        self.best_metric = best_metric
+        self.latest = ocp.CheckpointManager(
+            directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=1)
+        )
+        self.best = ocp.CheckpointManager(
+            directory / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode="max"
+            ),
+        )
+
+    def save_latest(self, step: int, state):
+        if self.latest.latest_step() != step:
+            self.latest.save(step, args=ocp.args.StandardSave(state))
+            self.latest.wait_until_finished()
+
+    def save_if_best(self, step: int, state, metrics: dict[str, float]) -> bool:
+        """Save ``state`` as the best if ``metrics[best_metric]`` beats the kept one."""
+        best_step = self.best.best_step()
+        if best_step is not None:
+            kept = self.best.metrics(best_step) or {}
+            if metrics[self.best_metric] <= kept.get(self.best_metric, float("-inf")):
+                return False
+        self.best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+        self.best.wait_until_finished()
+        return True
+
+    def best_value(self) -> float | None:
+        step = self.best.best_step()
+        return None if step is None else (self.best.metrics(step) or {}).get(self.best_metric)
+
+    @staticmethod
+    def _restore(manager, step, like):
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def restore_latest(self, like):
+        """(step, state) of the latest checkpoint shaped like ``like``, or None when there is none."""
+        step = self.latest.latest_step()
+        return None if step is None else (step, self._restore(self.latest, step, like))
+
+    def restore_best(self, like):
+        step = self.best.best_step()
+        return None if step is None else (step, self._restore(self.best, step, like))
+
+    def close(self):
+        self.latest.close()
+        self.best.close()

@@ -1,0 +1,101 @@
+"""Typed frozen configs of a training run. ``experiment_config`` builds them from a plain dict."""
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ssm.config import ConfigError, from_mapping
+from ssm.data.registry import DATASETS, dataset_options_class
+from ssm.layers.registry import LAYERS, layer_options_class
+from ssm.models.sequence import ModelOptions
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW for regular parameters; Adam at ``ssm_lr`` with no weight decay for SSM parameters."""
+
+    lr: float = 1e-2
+    ssm_lr: float = 1e-3
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    grad_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Learning-rate schedule applied to both groups: linear warmup, then constant/cosine/linear."""
+
+    name: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_steps: int = 0
+    end_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Loop length, batching, checkpointing and logging."""
+
+    seed: int = 0
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    epochs: int = 10
+    max_steps: int | None = None
+    output_dir: str = "outputs/run"
+    resume: bool = False
+    checkpoint_every: int | None = None
+    log_every: int = 20
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a run needs; ``layer`` and ``dataset`` are the chosen entries' option classes."""
+
+    layer_name: str
+    layer: Any
+    dataset_name: str
+    dataset: Any
+    model: ModelOptions = dataclasses.field(default_factory=ModelOptions)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    name: str = "run"
+
+
+GROUPS = {
+    "model": ModelOptions,
+    "optimizer": OptimizerConfig,
+    "scheduler": SchedulerConfig,
+    "trainer": TrainerConfig,
+}
+
+
+def _named(raw: Mapping, group: str, registry, options_class):
+    options = dict(raw.get(group) or {})
+    if "name" not in options:
+        raise ConfigError(f"missing {group}.name; valid: {', '.join(registry.names())}")
+    name = options.pop("name")
+    if name not in registry:
+        raise ConfigError(f"unknown {group} {name!r}; valid: {', '.join(registry.names())}")
+    return name, from_mapping(options_class(name), options, group)
+
+
+def experiment_config(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Check and convert a plain mapping (e.g. a resolved Hydra config) to an ExperimentConfig."""
+    valid = ["name", "layer", "dataset", *GROUPS]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown top-level key {unknown[0]!r}; valid: {', '.join(valid)}")
+    layer_name, layer = _named(raw, "layer", LAYERS, layer_options_class)
+    dataset_name, dataset = _named(raw, "dataset", DATASETS, dataset_options_class)
+    groups = {group: from_mapping(cls, raw.get(group), group) for group, cls in GROUPS.items()}
+    return ExperimentConfig(
+        layer_name=layer_name,
+        layer=layer,
+        dataset_name=dataset_name,
+        dataset=dataset,
+        name=str(raw.get("name", "run")),
+        **groups,
+    )

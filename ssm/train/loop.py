@@ -1,0 +1,234 @@
+"""The training loop as a library: ``train(config)`` runs, evaluates, checkpoints and resumes."""
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from ssm.config import options_of
+from ssm.data import Loader, get_dataset
+from ssm.models import SequenceModel
+from ssm.train.checkpoint import Checkpoints
+from ssm.train.config import ExperimentConfig
+from ssm.train.metrics import MetricsWriter
+from ssm.train.optim import make_optimizer, param_labels
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the message names the last good checkpoint."""
+
+
+def build_model(config: ExperimentConfig, spec, seed: int) -> SequenceModel:
+    """The SequenceModel a config describes, for a dataset with the given spec."""
+    return SequenceModel(
+        num_classes=spec.num_classes,
+        d_input=spec.d_input,
+        vocab_size=spec.vocab_size,
+        layer=config.layer_name,
+        layer_options=options_of(config.layer),
+        **options_of(config.model),
+        rngs=nnx.Rngs(params=seed),
+    )
+
+
+def loss_and_metrics(logits, labels, mask, weights):
+    """Mean cross-entropy and accuracy over examples (or valid positions) with weight > 0.
+
+    logits: (b, k) with labels (b,), or (b, l, k) with labels (b, l) counted where ``mask``.
+    weights: (b,) 1 for real examples, 0 for batch padding.
+    """
+    if logits.ndim == 3:
+        weights = weights[:, None] * mask
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    correct = jnp.argmax(logits, -1) == labels
+    total = jnp.sum(weights)
+    return jnp.sum(losses * weights) / total, {
+        "loss_sum": jnp.sum(losses * weights),
+        "correct": jnp.sum(correct * weights),
+        "count": total,
+    }
+
+
+def pad_batch(batch: dict, size: int) -> dict:
+    """Pad a short eval batch to ``size`` examples (weight 0) so one compiled step serves all."""
+    n = batch["label"].shape[0]
+    out = {
+        k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+        for k, v in batch.items()
+    }
+    out["weight"] = (np.arange(size) < n).astype(np.float32)
+    return out
+
+
+class Trainer:
+    """Owns the model definition, the optimizer and the jitted steps of one experiment."""
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        tc = config.trainer
+        self.dataset = get_dataset(config.dataset_name, **options_of(config.dataset))
+        spec = self.dataset.spec
+        self.train_loader = Loader(self.dataset.source("train"), tc.batch_size, seed=tc.seed)
+        self.eval_batch_size = tc.eval_batch_size or tc.batch_size
+        steps_per_epoch = self.train_loader.steps_per_epoch
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"trainer.batch_size={tc.batch_size} is larger than the training split "
+                f"({len(self.dataset.source('train'))} examples)"
+            )
+        self.total_steps = tc.max_steps if tc.max_steps is not None else tc.epochs * steps_per_epoch
+        model = build_model(config, spec, tc.seed)
+        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.tx = make_optimizer(
+            config.optimizer, config.scheduler, self.total_steps, param_labels(params)
+        )
+        params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+        self.initial_state = {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "rest": rest,
+            "opt_state": self.tx.init(params),
+            "key": jax.random.key_data(jax.random.key(tc.seed)),
+        }
+        self.train_step = jax.jit(self._train_step, donate_argnums=0)
+        self.eval_step = jax.jit(self._eval_step)
+
+    def _apply(self, params, rest, batch, *, train, key=None):
+        model = nnx.merge(self.graphdef, params, rest)
+        logits = model(batch["inputs"], batch["mask"], train=train, key=key)
+        return logits, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+
+    def _train_step(self, state, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
+        weights = jnp.ones(batch["label"].shape[:1], jnp.float32)
+
+        def loss_fn(params):
+            logits, rest = self._apply(params, state["rest"], batch, train=True, key=key)
+            loss, stats = loss_and_metrics(logits, batch["label"], batch["mask"], weights)
+            return loss, (rest, stats)
+
+        (loss, (rest, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new_state = dict(
+            state, step=state["step"] + 1, params=params, rest=rest, opt_state=opt_state
+        )
+        return new_state, stats
+
+    def _eval_step(self, params, rest, batch):
+        logits, _ = self._apply(params, rest, batch, train=False)
+        return loss_and_metrics(logits, batch["label"], batch["mask"], batch["weight"])[1]
+
+    def evaluate(self, state, split: str) -> dict[str, float]:
+        """Loss and accuracy of ``state`` on a whole split."""
+        loader = Loader(
+            self.dataset.source(split),
+            self.eval_batch_size,
+            seed=0,
+            shuffle=False,
+            drop_remainder=False,
+        )
+        totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        for batch in loader.batches(0):
+            stats = self.eval_step(
+                state["params"], state["rest"], pad_batch(batch, self.eval_batch_size)
+            )
+            for k in totals:
+                totals[k] += float(stats[k])
+        count = max(totals["count"], 1.0)
+        return {
+            f"{split}/loss": totals["loss_sum"] / count,
+            f"{split}/accuracy": totals["correct"] / count,
+        }
+
+
+def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None) -> dict:
+    """Train, evaluating every epoch; return the final metrics (test at the best validation).
+
+    With ``trainer.resume`` the run continues from the latest checkpoint in ``output_dir``
+    exactly: same step, data order and dropout keys. ``on_step(step)`` is called after each step.
+    """
+    tc = config.trainer
+    out = Path(tc.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    trainer = Trainer(config)
+    checkpoints = Checkpoints(out / "checkpoints")
+    state = trainer.initial_state
+    restored = checkpoints.restore_latest(state) if tc.resume else None
+    if restored is not None:
+        state = restored[1]
+        print(f"resumed from step {restored[0]} in {out / 'checkpoints'}", flush=True)
+    step = int(state["step"])
+    metrics = MetricsWriter(
+        out, tensorboard=tc.tensorboard, resume_step=step if tc.resume else None
+    )
+    per_epoch = trainer.train_loader.steps_per_epoch
+    bar = tqdm(total=trainer.total_steps, initial=step, disable=not tc.progress, desc="train")
+    window = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    try:
+        while step < trainer.total_steps:
+            epoch, start = divmod(step, per_epoch)
+            for batch in trainer.train_loader.batches(epoch, start):
+                state, stats = trainer.train_step(state, batch)
+                step += 1
+                loss = float(stats["loss_sum"] / stats["count"])
+                if not np.isfinite(loss):
+                    last = checkpoints.latest.latest_step()
+                    kept = (
+                        f"last good checkpoint: step {last}"
+                        if last is not None
+                        else "no checkpoint yet"
+                    )
+                    raise TrainingDiverged(
+                        f"loss became {loss} at step {step}; stopped ({kept} in {out / 'checkpoints'})"
+                    )
+                for k in window:
+                    window[k] += float(stats[k])
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if step % tc.log_every == 0 or step == trainer.total_steps:
+                    n = max(window["count"], 1.0)
+                    metrics.write(
+                        step,
+                        {
+                            "train/loss": window["loss_sum"] / n,
+                            "train/accuracy": window["correct"] / n,
+                        },
+                        echo=not tc.progress,
+                    )
+                    window = dict.fromkeys(window, 0.0)
+                if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                    checkpoints.save_latest(step, state)
+                if on_step is not None:
+                    on_step(step)
+                if step % per_epoch == 0 or step == trainer.total_steps:
+                    val = trainer.evaluate(state, "validation")
+                    metrics.write(step, {"epoch": step / per_epoch, **val}, echo=True)
+                    checkpoints.save_if_best(step, state, val)
+                    checkpoints.save_latest(step, state)
+                if step == trainer.total_steps:
+                    break
+        bar.close()
+        best = checkpoints.restore_best(state)
+        best_step, best_state = best if best is not None else (step, state)
+        results = {
+            "step": step,
+            "best_step": best_step,
+            **trainer.evaluate(best_state, "validation"),
+        }
+        results.update(trainer.evaluate(best_state, "test"))
+        metrics.write(step, {k: v for k, v in results.items() if "/" in k}, echo=False)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        return results
+    finally:
+        bar.close()
+        metrics.close()
+        checkpoints.close()

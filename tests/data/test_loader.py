@@ -1,0 +1,98 @@
+"""Grain loading: per-epoch shuffles that are a function of (seed, epoch), exact resume."""
+
+import numpy as np
+import pytest
+
+from ssm.data import Loader, get_dataset
+
+
+def numbered_source(n: int, length: int = 6) -> list[dict]:
+    """Examples whose label i and every input value i identify them: inputs (length, 2)."""
+    return [{"inputs": np.full((length, 2), i, np.float32), "label": i} for i in range(n)]
+
+
+def epoch_labels(loader: Loader, epoch: int, start: int = 0) -> list[list[int]]:
+    return [batch["label"].tolist() for batch in loader.batches(epoch, start)]
+
+
+def test_loader_yields_every_example_exactly_once_per_epoch_without_drop():
+    loader = Loader(numbered_source(23), 5, seed=0, drop_remainder=False)
+    assert loader.steps_per_epoch == 5
+    for epoch in range(3):
+        batches = list(loader.batches(epoch))
+        assert [len(b["label"]) for b in batches] == [5, 5, 5, 5, 3]
+        labels = np.concatenate([b["label"] for b in batches])
+        assert sorted(labels.tolist()) == list(range(23))
+        for b in batches:
+            np.testing.assert_array_equal(b["inputs"][:, 0, 0], b["label"])
+
+
+def test_loader_drop_remainder_keeps_only_full_batches_of_distinct_examples():
+    loader = Loader(numbered_source(23), 5, seed=0)
+    batches = epoch_labels(loader, 0)
+    assert loader.steps_per_epoch == len(batches) == 4
+    assert all(len(b) == 5 for b in batches)
+    assert len(set(sum(batches, []))) == 20
+
+
+def test_loader_orders_differ_between_epochs():
+    loader = Loader(numbered_source(64), 8, seed=0)
+    orders = [epoch_labels(loader, epoch) for epoch in range(4)]
+    assert all(a != b for i, a in enumerate(orders) for b in orders[i + 1 :])
+
+
+def test_loader_same_seed_gives_same_order_and_another_seed_another_order():
+    source = numbered_source(64)
+    first, again, other = (Loader(source, 8, seed=s) for s in (7, 7, 8))
+    assert epoch_labels(first, 2) == epoch_labels(again, 2)
+    assert epoch_labels(first, 2) != epoch_labels(other, 2)
+
+
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_loader_resume_at_epoch_and_step_yields_the_tail_of_the_uninterrupted_epoch(epoch):
+    loader = Loader(numbered_source(50), 4, seed=1, drop_remainder=False)
+    uninterrupted = list(loader.batches(epoch))
+    for start in (0, 1, 5, loader.steps_per_epoch - 1, loader.steps_per_epoch):
+        resumed = list(
+            Loader(numbered_source(50), 4, seed=1, drop_remainder=False).batches(epoch, start)
+        )
+        assert len(resumed) == len(uninterrupted) - start
+        for a, b in zip(resumed, uninterrupted[start:], strict=True):
+            for key in ("inputs", "mask", "label"):
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_loader_without_shuffle_keeps_source_order_and_last_partial_batch():
+    loader = Loader(numbered_source(10), 4, seed=0, shuffle=False, drop_remainder=False)
+    assert (
+        epoch_labels(loader, 0) == epoch_labels(loader, 5) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    )
+
+
+def test_loader_mask_is_true_exactly_at_the_first_length_positions():
+    source = [{"inputs": np.arange(6, dtype=np.int32), "label": 0, "length": n} for n in (6, 1, 3)]
+    batch = next(Loader(source, 3, seed=0, shuffle=False).batches(0))
+    assert batch["inputs"].shape == (3, 6) and batch["inputs"].dtype == np.int32
+    assert batch["mask"].dtype == bool
+    np.testing.assert_array_equal(batch["mask"].sum(axis=1), [6, 1, 3])
+    np.testing.assert_array_equal(batch["mask"][2], [True, True, True, False, False, False])
+
+
+def test_loader_digits_batches_have_documented_shapes_and_all_true_mask(tmp_path):
+    digits = get_dataset("digits", data_dir=str(tmp_path))
+    train = next(Loader(digits.source("train"), 32, seed=0).batches(0))
+    assert train["inputs"].shape == (32, 64, 1) and train["inputs"].dtype == np.float32
+    assert train["label"].shape == (32,) and train["label"].dtype == np.int32
+    assert train["mask"].shape == (32, 64) and train["mask"].all()
+    test = Loader(digits.source("test"), 64, seed=0, shuffle=False, drop_remainder=False)
+    batches = list(test.batches(0))
+    assert [len(b["label"]) for b in batches] == [64, 64, 52]
+    assert all(b["mask"].all() for b in batches)
+
+
+def test_loader_rejects_start_outside_the_epoch_and_batches_larger_than_the_source():
+    loader = Loader(numbered_source(10), 4, seed=0)
+    with pytest.raises(ValueError, match=r"start must be in \[0, 2\]"):
+        next(loader.batches(0, start=3))
+    with pytest.raises(ValueError, match="no batch of 11 from 10 examples"):
+        Loader(numbered_source(10), 11, seed=0)
