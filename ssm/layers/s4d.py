@@ -96,7 +96,7 @@ class S4D(nnx.Module):
         return log_dA, dB, C
 
     def kernel(self, length: int):
-        """The convolution kernel, (copies, h, l) float32; copies = channels (x2 if bidirectional)."""
+        """Kernel, (copies, h, l) float32; copies = channels (2x if bidirectional)."""
         return vandermonde_kernel(*self.discrete(), length)
 
     def __call__(self, x, mask=None):
@@ -118,7 +118,7 @@ class S4D(nnx.Module):
         return jnp.zeros((batch_size, self.d_model, self.d_state // 2), jnp.complex64)
 
     def step(self, x_t, state):
-        """Recurrent mode, one position.  x_t: (b, h), state: (b, h, n2) -> (y_t (b, c*h), state)."""
+        """One recurrent step. x_t: (b, h), state: (b, h, n2) -> (y_t (b, c*h), state)."""
         if self.bidirectional:
             raise ValueError("a bidirectional S4D has no recurrent step(); use bidirectional=False")
         log_dA, dB, C = self.discrete()

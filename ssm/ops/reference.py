@@ -7,7 +7,7 @@ import jax.numpy as jnp
 def diagonal_ssm_scan(dA, dB, C, D, u, h0=None):
     """Run a discrete diagonal SSM one step at a time.
 
-    x_t = Ā x_{t-1} + dB u_t;  y_t = 2 Re(C x_t) + D u_t  (the conjugate half of the state is implicit).
+    x_t = Ā x_{t-1} + dB u_t;  y_t = 2 Re(C x_t) + D u_t  (the conjugate half is implicit).
 
     Args:
       dA: (h, n2) complex Ā.   dB: (h, n2) complex.   C: (c, h, n2) complex.   D: (c, h) real.

@@ -153,7 +153,7 @@ def _scan_block(h, x, dt, A, B, C):
     dBx = (dt * x).reshape(b, t, g, d // g, 1) * B[:, :, :, None, :]  # (b, t, g, d/g, n)
     dBx = dBx.reshape(b, t, d, n).at[:, 0].add(dA[:, 0] * h)
     _, hs = jax.lax.associative_scan(_combine, (dA, dBx), axis=1)  # (b, t, d, n)
-    y = jnp.einsum("btgpn,btgn->btgp", hs.reshape(b, t, g, d // g, n), C)
+    y = jnp.sum(hs.reshape(b, t, g, d // g, n) * C[:, :, :, None, :], axis=-1)  # not a dot: no TF32
     return y.reshape(b, t, d), hs[:, -1]
 
 

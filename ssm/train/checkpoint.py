@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state: the latest (for exact resume) and the best (by a metric)."""
+"""Orbax checkpoints of the train state: the latest (for exact resume) and the best."""
 
 from pathlib import Path
 
@@ -15,6 +15,7 @@ class Checkpoints:
 
     def __init__(self, directory: str | Path, best_metric: str = "validation/accuracy"):
         directory = Path(directory).absolute()
+        self.directory = directory
         self.best_metric = best_metric
         self.latest = ocp.CheckpointManager(
             directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=1)
@@ -48,15 +49,19 @@ class Checkpoints:
 
     @staticmethod
     def _restore(manager, step, like):
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        abstract = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
-    def restore_latest(self, like):
-        """(step, state) of the latest checkpoint shaped like ``like``, or None when there is none."""
+    def restore_latest(self, like=None):
+        """(step, state) of the latest checkpoint, or None if there is none.
+
+        With ``like`` (a pytree of arrays) the state is restored into its structure and dtypes;
+        without it, as orbax stored it (dict keys as strings).
+        """
         step = self.latest.latest_step()
         return None if step is None else (step, self._restore(self.latest, step, like))
 
-    def restore_best(self, like):
+    def restore_best(self, like=None):
         step = self.best.best_step()
         return None if step is None else (step, self._restore(self.best, step, like))
 

@@ -56,6 +56,12 @@ def loss_and_metrics(logits, labels, mask, weights):
     }
 
 
+def zero_window() -> dict:
+    """Running sums of the training metrics since the last log line. They are part of the train
+    state, so a resumed run logs exactly what an uninterrupted one would."""
+    return {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
+
+
 def pad_batch(batch: dict, size: int) -> dict:
     """Pad a short eval batch to ``size`` examples (weight 0) so one compiled step serves all."""
     n = batch["label"].shape[0]
@@ -96,6 +102,7 @@ class Trainer:
             "rest": rest,
             "opt_state": self.tx.init(params),
             "key": jax.random.key_data(jax.random.key(tc.seed)),
+            "window": zero_window(),
         }
         self.train_step = jax.jit(self._train_step, donate_argnums=0)
         self.eval_step = jax.jit(self._eval_step)
@@ -117,8 +124,14 @@ class Trainer:
         (loss, (rest, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        window = jax.tree.map(jnp.add, state["window"], stats)
         new_state = dict(
-            state, step=state["step"] + 1, params=params, rest=rest, opt_state=opt_state
+            state,
+            step=state["step"] + 1,
+            params=params,
+            rest=rest,
+            opt_state=opt_state,
+            window=window,
         )
         return new_state, stats
 
@@ -149,11 +162,23 @@ class Trainer:
         }
 
 
+def check_finite(loss: float, step: int, checkpoints: Checkpoints):
+    """Raise TrainingDiverged naming the last good checkpoint if ``loss`` is NaN or infinite."""
+    if np.isfinite(loss):
+        return
+    last = checkpoints.latest.latest_step()
+    kept = "no checkpoint yet" if last is None else f"last good checkpoint: step {last}"
+    raise TrainingDiverged(
+        f"loss became {loss} at step {step}; stopped ({kept} in {checkpoints.directory})"
+    )
+
+
 def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Train, evaluating every epoch; return the final metrics (test at the best validation).
 
     With ``trainer.resume`` the run continues from the latest checkpoint in ``output_dir``
-    exactly: same step, data order and dropout keys. ``on_step(step)`` is called after each step.
+    exactly: same step, data order, dropout keys and logged metrics. ``on_step(step)`` is called
+    after each step.
     """
     tc = config.trainer
     out = Path(tc.output_dir)
@@ -165,65 +190,49 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
     restored = checkpoints.restore_latest(state) if tc.resume else None
     if restored is not None:
         state = restored[1]
-        print(f"resumed from step {restored[0]} in {out / 'checkpoints'}", flush=True)
-    step = int(state["step"])
+        print(f"resumed from step {restored[0]} in {checkpoints.directory}", flush=True)
+    step, total, per_epoch = (
+        int(state["step"]),
+        trainer.total_steps,
+        trainer.train_loader.steps_per_epoch,
+    )
     metrics = MetricsWriter(
         out, tensorboard=tc.tensorboard, resume_step=step if tc.resume else None
     )
-    per_epoch = trainer.train_loader.steps_per_epoch
-    bar = tqdm(total=trainer.total_steps, initial=step, disable=not tc.progress, desc="train")
-    window = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    bar = tqdm(total=total, initial=step, disable=not tc.progress, desc="train")
     try:
-        while step < trainer.total_steps:
+        while step < total:
             epoch, start = divmod(step, per_epoch)
             for batch in trainer.train_loader.batches(epoch, start):
                 state, stats = trainer.train_step(state, batch)
                 step += 1
                 loss = float(stats["loss_sum"] / stats["count"])
-                if not np.isfinite(loss):
-                    last = checkpoints.latest.latest_step()
-                    kept = (
-                        f"last good checkpoint: step {last}"
-                        if last is not None
-                        else "no checkpoint yet"
-                    )
-                    raise TrainingDiverged(
-                        f"loss became {loss} at step {step}; stopped ({kept} in {out / 'checkpoints'})"
-                    )
-                for k in window:
-                    window[k] += float(stats[k])
+                check_finite(loss, step, checkpoints)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
-                if step % tc.log_every == 0 or step == trainer.total_steps:
-                    n = max(window["count"], 1.0)
+                if step % tc.log_every == 0 or step == total:
+                    window = jax.device_get(state["window"])
+                    n = max(float(window["count"]), 1.0)
+                    averages = {"loss": window["loss_sum"] / n, "accuracy": window["correct"] / n}
                     metrics.write(
-                        step,
-                        {
-                            "train/loss": window["loss_sum"] / n,
-                            "train/accuracy": window["correct"] / n,
-                        },
-                        echo=not tc.progress,
+                        step, {f"train/{k}": v for k, v in averages.items()}, echo=not tc.progress
                     )
-                    window = dict.fromkeys(window, 0.0)
+                    state = dict(state, window=zero_window())
                 if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                     checkpoints.save_latest(step, state)
                 if on_step is not None:
                     on_step(step)
-                if step % per_epoch == 0 or step == trainer.total_steps:
+                if step % per_epoch == 0 or step == total:
                     val = trainer.evaluate(state, "validation")
-                    metrics.write(step, {"epoch": step / per_epoch, **val}, echo=True)
+                    metrics.write(step, {"epoch": step / per_epoch, **val})
                     checkpoints.save_if_best(step, state, val)
                     checkpoints.save_latest(step, state)
-                if step == trainer.total_steps:
+                if step == total:
                     break
         bar.close()
-        best = checkpoints.restore_best(state)
-        best_step, best_state = best if best is not None else (step, state)
-        results = {
-            "step": step,
-            "best_step": best_step,
-            **trainer.evaluate(best_state, "validation"),
-        }
+        best_step, best_state = checkpoints.restore_best(state) or (step, state)
+        results = {"step": step, "best_step": best_step}
+        results.update(trainer.evaluate(best_state, "validation"))
         results.update(trainer.evaluate(best_state, "test"))
         metrics.write(step, {k: v for k, v in results.items() if "/" in k}, echo=False)
         (out / "results.json").write_text(json.dumps(results, indent=2))

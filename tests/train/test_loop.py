@@ -1,0 +1,98 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssm.train import Trainer, TrainingDiverged, experiment_config, train
+from ssm.train.checkpoint import Checkpoints
+from ssm.train.metrics import read_metrics
+
+
+def tiny_config(output_dir, **trainer):
+    return experiment_config(
+        {
+            "layer": {"name": "s4d", "d_state": 8},
+            "dataset": {"name": "digits"},
+            "model": {"d_model": 8, "n_layers": 1, "dropout": 0.1},
+            "optimizer": {"lr": 3e-3},
+            "trainer": {
+                "batch_size": 256,
+                "epochs": 2,
+                "output_dir": str(output_dir),
+                "progress": False,
+                **trainer,
+            },
+        }
+    )
+
+
+def final_params(output_dir):
+    checkpoints = Checkpoints(output_dir / "checkpoints")
+    restored = checkpoints.restore_latest()
+    checkpoints.close()
+    return restored
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_run_ends_with_identical_parameters(tmp_path):
+    full = train(tiny_config(tmp_path / "full", checkpoint_every=2))
+
+    def crash_at_step_7(step):
+        if step == 7:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_config(tmp_path / "cut", checkpoint_every=2), on_step=crash_at_step_7)
+    assert final_params(tmp_path / "cut")[0] == 6  # steps 7.. are lost with the crash
+    resumed = train(tiny_config(tmp_path / "cut", checkpoint_every=2, resume=True))
+
+    step_full, state_full = final_params(tmp_path / "full")
+    step_cut, state_cut = final_params(tmp_path / "cut")
+    assert step_full == step_cut == 10
+    for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_cut), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert full == resumed
+    # The resumed run's metrics file reads as the uninterrupted one's.
+    assert read_metrics(tmp_path / "full") == read_metrics(tmp_path / "cut")
+
+
+def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
+    a = train(tiny_config(tmp_path / "a", max_steps=3))
+    b = train(tiny_config(tmp_path / "b", max_steps=3))
+    assert a == b
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+
+
+def test_run_writes_metrics_jsonl_tensorboard_and_results(tmp_path):
+    results = train(tiny_config(tmp_path, epochs=1, log_every=2))
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 5]
+    assert any("validation/accuracy" in r for r in records)
+    assert 0.0 <= results["test/accuracy"] <= 1.0
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "config.json").exists()
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+    clean_step = Trainer._train_step
+
+    def step_with_nan_inputs_from_step_4(self, state, batch):
+        poison = jnp.where(state["step"] >= 3, jnp.nan, 1.0)
+        return clean_step(self, state, dict(batch, inputs=batch["inputs"] * poison))
+
+    monkeypatch.setattr(Trainer, "_train_step", step_with_nan_inputs_from_step_4)
+    with pytest.raises(
+        TrainingDiverged, match=r"loss became nan at step 4; stopped \(last good checkpoint: step 3"
+    ):
+        train(tiny_config(tmp_path, checkpoint_every=1))
+    step, state = final_params(tmp_path)
+    assert step == 3
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
