@@ -13,10 +13,8 @@ logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU
 
 
 def resolve(cfg: DictConfig):
-    """The typed ExperimentConfig of a composed Hydra config (``hydra`` node dropped)."""
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    raw.pop("hydra", None)
-    return experiment_config(raw)
+    """The typed ExperimentConfig of a composed Hydra config."""
+    return experiment_config(OmegaConf.to_container(cfg, resolve=True))
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")

@@ -13,11 +13,15 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=8, prefetch_buffer_size=16)
 
 
 def _with_mask(example: dict) -> dict[str, np.ndarray]:
-    """Example dict -> ``inputs`` (l, d) or (l,), ``mask`` (l,) bool, ``label`` () int32."""
+    """Example -> ``inputs`` (l, d) or (l,), ``mask`` (l,) bool, ``label`` () or (l,) int32,
+    and ``label_mask`` (l,) bool for per-position targets scored at some positions only."""
     inputs = np.asarray(example["inputs"])
     positions = np.arange(inputs.shape[0])
     mask = positions < example.get("length", inputs.shape[0])
-    return {"inputs": inputs, "mask": mask, "label": np.int32(example["label"])}
+    batch = {"inputs": inputs, "mask": mask, "label": np.asarray(example["label"], np.int32)}
+    if "label_mask" in example:
+        batch["label_mask"] = np.asarray(example["label_mask"], bool)
+    return batch
 
 
 class Loader:

@@ -56,6 +56,11 @@ def loss_and_metrics(logits, labels, mask, weights):
     }
 
 
+def scored(batch: dict):
+    """Positions that count in a per-position loss: ``label_mask`` if given, else ``mask``."""
+    return batch.get("label_mask", batch["mask"])
+
+
 def zero_window() -> dict:
     """Running sums of the training metrics since the last log line. They are part of the train
     state, so a resumed run logs exactly what an uninterrupted one would."""
@@ -118,7 +123,7 @@ class Trainer:
 
         def loss_fn(params):
             logits, rest = self._apply(params, state["rest"], batch, train=True, key=key)
-            loss, stats = loss_and_metrics(logits, batch["label"], batch["mask"], weights)
+            loss, stats = loss_and_metrics(logits, batch["label"], scored(batch), weights)
             return loss, (rest, stats)
 
         (loss, (rest, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -137,7 +142,7 @@ class Trainer:
 
     def _eval_step(self, params, rest, batch):
         logits, _ = self._apply(params, rest, batch, train=False)
-        return loss_and_metrics(logits, batch["label"], batch["mask"], batch["weight"])[1]
+        return loss_and_metrics(logits, batch["label"], scored(batch), batch["weight"])[1]
 
     def evaluate(self, state, split: str) -> dict[str, float]:
         """Loss and accuracy of ``state`` on a whole split."""

@@ -1,0 +1,108 @@
+"""The Hydra entry point: every preset composes, bad values fail clearly, multirun works."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from experiments.train import resolve
+from ssm.config import ConfigError
+from ssm.train import ExperimentConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+PRESETS = sorted(
+    str(p.relative_to(CONFIGS / "experiment").with_suffix(""))
+    for p in (CONFIGS / "experiment").rglob("*.yaml")
+)
+TINY = ["model.d_model=8", "model.n_layers=1", "layer.d_state=8", "trainer.progress=false"]
+
+
+def composed(overrides):
+    """The typed config the CLI would build from ``overrides`` (output dir set to a fixed path)."""
+    overrides = ["trainer.output_dir=/nonexistent/run", *overrides]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return resolve(cfg)
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_presets_exist():
+    assert "sequential/digits-s4d" in PRESETS
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_experiment_preset_composes_into_a_typed_config(preset):
+    config = composed([f"experiment={preset}"])
+    assert isinstance(config, ExperimentConfig)
+    assert config.name == preset
+
+
+def test_default_experiment_is_sequential_digits_with_s4d():
+    config = composed([])
+    assert (config.name, config.layer_name, config.dataset_name) == (
+        "sequential/digits-s4d",
+        "s4d",
+        "digits",
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "layer.init=hippo",
+            "layer.init='hippo' is not valid; valid: 'legs', 'lin', 'inv', 'real'",
+        ),
+        ("model.norm=group", "model.norm='group' is not valid; valid: 'layer', 'batch'"),
+        ("model.d_model=wide", "model.d_model='wide' must be an integer"),
+        ("+layer.d_hidden=3", "unknown key layer.d_hidden; valid keys of layer: d_state"),
+        ("scheduler.name=step", "scheduler.name='step' is not valid"),
+    ],
+)
+def test_bad_config_values_give_one_clear_error(override, message):
+    with pytest.raises(ConfigError) as error:
+        composed([override])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_cli_bad_value_prints_one_error_line_and_fails():
+    result = run_cli("layer.disc=euler")
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip() == "error: layer.disc='euler' is not valid; valid: 'zoh', 'bilinear'"
+    )
+
+
+def test_cli_unknown_layer_lists_the_available_layers():
+    result = run_cli("layer=lstm")
+    assert result.returncode != 0
+    assert "Could not find 'layer/lstm'" in result.stderr and "s4d" in result.stderr
+
+
+def test_multirun_sweep_gives_one_run_dir_with_its_own_metrics_per_value(tmp_path):
+    result = run_cli(
+        "-m", "optimizer.lr=1e-3,3e-3", "trainer.max_steps=4", f"hydra.sweep.dir={tmp_path}", *TINY
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted(p.parent.name for p in tmp_path.glob("*/metrics.jsonl"))
+    assert len(runs) == 2
+    assert runs[0].startswith("0_") and "optimizer.lr=0.001" in runs[0]
+    assert runs[1].startswith("1_") and "optimizer.lr=0.003" in runs[1]
+    assert result.stdout.count("test accuracy:") == 2

@@ -1,0 +1,80 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssm.models import SequenceModel
+
+
+def model(**kwargs):
+    options = dict(num_classes=5, d_input=3, d_model=8, n_layers=2, layer_options={"d_state": 4})
+    return SequenceModel(**{**options, **kwargs}, rngs=nnx.Rngs(0))
+
+
+def padded_pair(length=12, valid=7):
+    """Two copies of a batch that differ only at padded positions, and the mask."""
+    x = jax.random.normal(jax.random.key(0), (2, length, 3))
+    mask = jnp.arange(length)[None, :] < jnp.array([[valid], [length]])
+    noisy = jnp.where(mask[..., None], x, 50.0 * jax.random.normal(jax.random.key(1), x.shape))
+    return x, noisy, mask
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padded_positions_never_leak_into_the_pooled_output(pooling, norm, bidirectional):
+    m = model(
+        pooling=pooling, norm=norm, layer_options={"d_state": 4, "bidirectional": bidirectional}
+    )
+    x, noisy, mask = padded_pair()
+    np.testing.assert_allclose(m(x, mask), m(noisy, mask), rtol=1e-5, atol=1e-5)
+    key = jax.random.key(3)
+    np.testing.assert_allclose(
+        m(x, mask, train=True, key=key), m(noisy, mask, train=True, key=key), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_mean_pooling_of_padded_example_equals_the_unpadded_example():
+    m = model(layer_options={"d_state": 4, "bidirectional": True})
+    x, _, mask = padded_pair(valid=7)
+    np.testing.assert_allclose(m(x, mask)[0], m(x[:1, :7])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_last_pooling_reads_the_last_valid_position():
+    m = model(pooling="last")
+    x, _, mask = padded_pair(valid=7)
+    np.testing.assert_allclose(m(x, mask)[0], m(x[:1, :7])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_token_inputs_and_per_position_outputs():
+    m = model(d_input=None, vocab_size=11, pooling="none")
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 11)
+    assert m(tokens).shape == (2, 9, 5)
+
+
+@pytest.mark.parametrize("output", ["glu", "linear"])
+@pytest.mark.parametrize("prenorm", [True, False])
+def test_blocks_build_and_run_in_every_variant(output, prenorm):
+    m = model(output=output, prenorm=prenorm, activation="silu", dtype="bfloat16")
+    y = m(jnp.ones((2, 6, 3)))
+    assert y.shape == (2, 5) and bool(jnp.all(jnp.isfinite(y)))
+
+
+def test_dropout_is_active_only_in_training_and_keyed():
+    m = model(dropout=0.5)
+    x = jnp.ones((2, 6, 3))
+    np.testing.assert_array_equal(m(x), m(x))
+    a, b = m(x, train=True, key=jax.random.key(1)), m(x, train=True, key=jax.random.key(2))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(a, m(x, train=True, key=jax.random.key(1)))
+
+
+def test_unknown_layer_names_the_valid_layers():
+    with pytest.raises(ValueError, match=r"unknown layer 'lstm'; valid: .*s4d"):
+        model(layer="lstm")
+
+
+def test_exactly_one_of_d_input_and_vocab_size():
+    with pytest.raises(ValueError, match="exactly one of d_input"):
+        model(vocab_size=4)
