@@ -1,6 +1,7 @@
 """Datasets (TFDS builders read through array_record), the dataset registry and Grain loaders."""
 
 from ssm.data import digits as _digits  # noqa: F401  (registers "digits")
+from ssm.data import synthetic as _synthetic  # noqa: F401  (registers the synthetic tasks)
 from ssm.data.loader import Loader
 from ssm.data.registry import (
     DATASETS,

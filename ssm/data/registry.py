@@ -36,6 +36,8 @@ class DatasetSpec:
         d_input: real-valued input channels, or None for token inputs.
         vocab_size: token vocabulary size, or None for real-valued inputs.
         splits: the split names ``source`` accepts.
+        paired: inputs are pairs, (2, l) tokens or (2, l, d_input), for a two-tower model
+            (e.g. LRA Retrieval); lengths and masks are then per member, (2,) and (2, l).
     """
 
     name: str
@@ -44,6 +46,7 @@ class DatasetSpec:
     d_input: int | None
     vocab_size: int | None
     splits: tuple[str, ...]
+    paired: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,6 +50,9 @@ class SequenceModel(nnx.Module):
     Inputs are real-valued (b, l, d_input) or tokens (b, l) (give ``vocab_size``). An optional
     (b, l) bool mask marks valid positions: padded positions are zeroed before every layer and
     never enter the pooling. Output: (b, num_classes), or (b, l, num_classes) with pooling "none".
+
+    ``paired=True`` makes a two-tower model (LRA Retrieval): inputs (b, 2, l[, d_input]) and mask
+    (b, 2, l); both members go through the same backbone and the head sees [u, v, u*v, u-v].
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class SequenceModel(nnx.Module):
         num_classes: int,
         d_input: int | None = None,
         vocab_size: int | None = None,
+        paired: bool = False,
         layer: str = "s4d",
         layer_options: dict | None = None,
         d_model: int = 128,
@@ -94,15 +98,27 @@ class SequenceModel(nnx.Module):
             for _ in range(n_layers)
         )
         self.final_norm = nnx.LayerNorm(d_model, dtype=compute, rngs=rngs) if prenorm else None
-        self.head = nnx.Linear(d_model, num_classes, rngs=rngs)
-        self.pooling = pooling
+        if paired and pooling == "none":
+            raise ValueError("a paired (two-tower) SequenceModel needs pooling 'mean' or 'last'")
+        self.head = nnx.Linear(4 * d_model if paired else d_model, num_classes, rngs=rngs)
+        self.pooling, self.paired = pooling, paired
 
     def __call__(self, x, mask=None, *, train: bool = False, key=None):
         """x: (b, l, d_input) or (b, l) tokens; mask: (b, l) bool; key: dropout PRNG key."""
-        if mask is None:
-            mask = jnp.ones(x.shape[:2], bool)
         if train and key is None:
             raise ValueError("SequenceModel(train=True) needs a dropout key")
+        if self.paired:
+            b = x.shape[0]
+            mask = None if mask is None else mask.reshape(2 * b, *mask.shape[2:])
+            h = self.features(x.reshape(2 * b, *x.shape[2:]), mask, train, key).reshape(b, 2, -1)
+            u, v = h[:, 0], h[:, 1]
+            return self.head(jnp.concatenate([u, v, u * v, u - v], axis=-1))
+        return self.head(self.features(x, mask, train, key))
+
+    def features(self, x, mask, train, key):
+        """Pooled backbone features: (b, d_model), or (b, l, d_model) with pooling "none"."""
+        if mask is None:
+            mask = jnp.ones(x.shape[:2], bool)
         h = self.encoder(x)
         for i, block in enumerate(self.blocks):
             h = block(h, mask, train=train, key=None if key is None else jax.random.fold_in(key, i))
@@ -115,11 +131,11 @@ class SequenceModel(nnx.Module):
         elif self.pooling == "last":
             last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
             h = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
-        return self.head(h)
+        return h
 
 
 ModelOptions = options_dataclass(
     SequenceModel.__init__,
     "ModelOptions",
-    skip=("num_classes", "d_input", "vocab_size", "layer", "layer_options", "rngs"),
+    skip=("num_classes", "d_input", "vocab_size", "paired", "layer", "layer_options", "rngs"),
 )

@@ -31,6 +31,7 @@ def build_model(config: ExperimentConfig, spec, seed: int) -> SequenceModel:
         num_classes=spec.num_classes,
         d_input=spec.d_input,
         vocab_size=spec.vocab_size,
+        paired=spec.paired,
         layer=config.layer_name,
         layer_options=options_of(config.layer),
         **options_of(config.model),

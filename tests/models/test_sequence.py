@@ -78,3 +78,15 @@ def test_unknown_layer_names_the_valid_layers():
 def test_exactly_one_of_d_input_and_vocab_size():
     with pytest.raises(ValueError, match="exactly one of d_input"):
         model(vocab_size=4)
+
+
+def test_paired_model_is_two_towers_of_one_backbone():
+    m = model(d_input=None, vocab_size=7, paired=True)
+    tokens = jax.random.randint(jax.random.key(0), (3, 2, 10), 0, 7)
+    mask = jnp.ones((3, 2, 10), bool).at[1, 0, 6:].set(False)
+    u = m.features(tokens[:, 0], mask[:, 0], False, None)
+    v = m.features(tokens[:, 1], mask[:, 1], False, None)
+    expected = m.head(jnp.concatenate([u, v, u * v, u - v], axis=-1))
+    np.testing.assert_allclose(m(tokens, mask), expected, rtol=1e-5, atol=1e-6)
+    swapped = m(tokens[:, ::-1], mask[:, ::-1])
+    assert not np.allclose(swapped, m(tokens, mask))
