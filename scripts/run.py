@@ -22,7 +22,7 @@ PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 STAMP = VENV / ".installed-pyproject-sha256"
 COMMANDS = {
     "train": ["-m", "experiments.train"],
-    "test": ["-m", "pytest", "-n", "2", "--dist", "loadfile"],
+    "test": ["-m", "pytest", "-n", "2", "--dist", "loadfile", "--durations=15"],
 }
 
 

@@ -1,0 +1,182 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssm.layers import LAYERS, Mamba
+from ssm.layers.mamba import depthwise_conv
+from ssm.models import SequenceModel
+from ssm.ops import reference
+from ssm.params import SSMParam
+
+D_MODEL = 20  # dt_rank = ceil(20 / 16) = 2
+
+
+def inputs(b=2, length=12, d=D_MODEL, seed=1):
+    return jax.random.normal(jax.random.key(seed), (b, length, d))
+
+
+@nnx.jit
+def forward(layer, x, mask=None):
+    return layer(x, mask)
+
+
+@nnx.jit
+def step(layer, x_t, state):
+    return layer.step(x_t, state)
+
+
+def run_steps(layer, x):
+    state = layer.initial_state(x.shape[0])
+    ys = []
+    for t in range(x.shape[1]):
+        y_t, state = step(layer, x[:, t], state)
+        ys.append(y_t)
+    return jnp.stack(ys, axis=1)
+
+
+def test_mamba_is_registered_as_a_layer():
+    assert LAYERS.get("mamba") is Mamba
+
+
+def test_mamba_parallel_matches_recurrent_step():
+    layer = Mamba(D_MODEL, d_state=4, dt_min=0.01, dt_max=0.5, rngs=nnx.Rngs(0))
+    x = inputs()
+    np.testing.assert_allclose(forward(layer, x), run_steps(layer, x), rtol=1e-5, atol=1e-5)
+    state = layer.initial_state(2)
+    assert state.conv.shape == (2, 3, 2 * D_MODEL) and state.ssm.shape == (2, 2 * D_MODEL, 4)
+    assert state.ssm.dtype == jnp.float32
+
+
+def test_depthwise_conv_matches_reference_toeplitz_sum_both_directions():
+    x = inputs(length=9, d=5)
+    weight = jax.random.normal(jax.random.key(2), (4, 5))
+    bias = jax.random.normal(jax.random.key(3), (5,))
+    kernel = jnp.zeros((9, 5)).at[:4].set(weight[::-1])  # kernel[lag] = weight[k - 1 - lag]
+    np.testing.assert_allclose(
+        depthwise_conv(x, weight, bias), reference.causal_conv(x, kernel) + bias, atol=1e-5
+    )
+    anti_causal = reference.causal_conv(x[:, ::-1], kernel)[:, ::-1] + bias
+    np.testing.assert_allclose(
+        depthwise_conv(x, weight, bias, reverse=True), anti_causal, atol=1e-5
+    )
+
+
+def test_mamba_every_impl_gives_the_same_output():
+    x = inputs()
+    outputs = {
+        impl: forward(Mamba(D_MODEL, d_state=4, bidirectional=True, impl=impl, rngs=nnx.Rngs(0)), x)
+        for impl in ("reference", "associative", "chunked", "auto")
+    }
+    for impl, y in outputs.items():
+        np.testing.assert_allclose(y, outputs["reference"], rtol=1e-4, atol=1e-5, err_msg=impl)
+
+
+def test_mamba_bidirectional_equals_causal_branch_plus_reversed_branch_on_flipped_input():
+    layer = Mamba(D_MODEL, d_state=4, bidirectional=True, dt_min=0.05, rngs=nnx.Rngs(0))
+    x = inputs()
+    u, z = jnp.split(layer.in_proj(x), 2, axis=-1)
+    forward_branch = layer.ssm(u, z)
+    backward = jnp.flip(layer.ssm_reverse(jnp.flip(u, 1), jnp.flip(z, 1)), 1)  # causal on flip
+    np.testing.assert_allclose(
+        forward(layer, x), layer.out_proj(forward_branch + backward), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_mamba_is_causal_and_bidirectional_sees_the_future():
+    x = inputs()
+    x_changed = x.at[:, -1].add(1.0)
+    causal = Mamba(D_MODEL, d_state=4, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(
+        forward(causal, x)[:, :-1], forward(causal, x_changed)[:, :-1], atol=1e-6
+    )
+    bidir = Mamba(D_MODEL, d_state=4, bidirectional=True, dt_min=0.05, rngs=nnx.Rngs(0))
+    assert not np.allclose(forward(bidir, x)[:, 0], forward(bidir, x_changed)[:, 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_mamba_padded_positions_do_not_leak_into_valid_ones(bidirectional):
+    layer = Mamba(D_MODEL, d_state=4, bidirectional=bidirectional, dt_min=0.05, rngs=nnx.Rngs(0))
+    x = inputs(length=16)
+    mask = jnp.arange(16)[None, :] < jnp.array([[9], [16]])
+    noisy = jnp.where(mask[..., None], x, 100.0)
+    y = forward(layer, noisy, mask)
+    np.testing.assert_array_equal(y[0, 9:], 0.0)
+    # valid outputs equal those of the unpadded sequences
+    np.testing.assert_allclose(y[0, :9], forward(layer, x[:1, :9])[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y[1], forward(layer, x[1:])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_mamba_ssm_parameters_are_ssm_params_in_float32_under_bf16_compute():
+    layer = Mamba(D_MODEL, d_state=4, bidirectional=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    for branch in (layer.ssm, layer.ssm_reverse):
+        for param in (branch.A_log, branch.D, branch.dt_bias):
+            assert isinstance(param, SSMParam)
+        assert not isinstance(branch.x_proj.kernel, SSMParam)
+    assert not isinstance(layer.in_proj.kernel, SSMParam)
+    params = nnx.state(layer, nnx.Param)
+    assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    y = forward(layer, inputs())
+    assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
+
+
+def test_mamba_init_follows_the_paper():
+    layer = Mamba(D_MODEL, d_state=4, dt_min=1e-3, dt_max=0.1, rngs=nnx.Rngs(0))
+    dt = jax.nn.softplus(layer.ssm.dt_bias[...])
+    assert dt.shape == (2 * D_MODEL,)
+    assert float(dt.min()) >= 1e-3 * (1 - 1e-5) and float(dt.max()) <= 0.1 * (1 + 1e-5)
+    assert float(dt.min()) < 5e-3 and float(dt.max()) > 2e-2  # spread over the log range
+    np.testing.assert_allclose(layer.ssm.A(), -jnp.broadcast_to(jnp.arange(1.0, 5), (40, 4)))
+    np.testing.assert_array_equal(layer.ssm.D[...], 1.0)
+    assert layer.ssm.dt_proj.kernel.shape == (2, 2 * D_MODEL)  # dt_rank = ceil(20 / 16)
+
+
+def test_mamba_gradients_are_finite_and_reach_every_parameter():
+    layer = Mamba(D_MODEL, d_state=4, bidirectional=True, rngs=nnx.Rngs(0))
+    x = inputs()
+    mask = jnp.arange(12)[None, :] < jnp.array([[8], [12]])
+
+    def loss(layer):
+        return jnp.mean(layer(x, mask) ** 2)
+
+    grads = jax.tree.leaves(nnx.jit(nnx.grad(loss))(layer))
+    assert len(grads) == len(jax.tree.leaves(nnx.state(layer, nnx.Param)))
+    for g in grads:
+        assert bool(jnp.all(jnp.isfinite(g)))
+        assert float(jnp.max(jnp.abs(g))) > 0
+
+
+def test_mamba_bidirectional_step_raises_a_clear_error():
+    layer = Mamba(D_MODEL, d_state=4, bidirectional=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="bidirectional Mamba has no recurrent step"):
+        layer.step(inputs()[:, 0], layer.initial_state(2))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(d_state=0), "d_state must be >= 1"),
+        (dict(dt_rank=0), "dt_rank must be >= 1"),
+        (dict(dt_min=0.2, dt_max=0.1), "0 < dt_min <= dt_max"),
+    ],
+)
+def test_mamba_rejects_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        Mamba(D_MODEL, **options, rngs=nnx.Rngs(0))
+
+
+def test_sequence_model_with_mamba_layer_builds_and_runs():
+    model = SequenceModel(
+        num_classes=3,
+        vocab_size=10,
+        layer="mamba",
+        layer_options=dict(d_state=4, bidirectional=True),
+        d_model=D_MODEL,
+        n_layers=2,
+        rngs=nnx.Rngs(0),
+    )
+    tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 10)
+    mask = jnp.arange(12)[None, :] < jnp.array([[7], [12]])
+    logits = nnx.jit(lambda model, tokens, mask: model(tokens, mask))(model, tokens, mask)
+    assert logits.shape == (2, 3) and bool(jnp.all(jnp.isfinite(logits)))
