@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ssm.config import ConfigError
+from ssm.data.manual import MissingDataError
 from ssm.train import TrainingDiverged, experiment_config, train
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" noise
@@ -22,7 +23,7 @@ def main(cfg: DictConfig) -> float:
     try:
         config = resolve(cfg)
         results = train(config)
-    except (ConfigError, TrainingDiverged) as error:
+    except (ConfigError, MissingDataError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
     print(

@@ -41,7 +41,8 @@ SPEECH_COMMANDS = Release(
     title="Speech Commands v0.02",
     url="http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz",
     layouts=((f"{FOLDER}/validation_list.txt", f"{FOLDER}/testing_list.txt"),),
-    hint=f"extract it into {FOLDER}/ there (tar -xzf <archive> -C <manual_dir>/{FOLDER})",
+    hint=f"extract it: mkdir -p {{manual_dir}}/{FOLDER} && tar -xzf {FOLDER}.tar.gz -C "
+    f"{{manual_dir}}/{FOLDER}",
 )
 
 

@@ -30,7 +30,7 @@ class Release:
         title: human name of the release, used in messages.
         url: where to download it.
         layouts: alternatives, each the paths (relative to ``manual_dir``) that must all exist.
-        hint: what to do with the download, e.g. how to extract it.
+        hint: what to do with the download, e.g. how to extract it; ``{manual_dir}`` is filled in.
     """
 
     name: str
@@ -53,10 +53,13 @@ class Release:
         for index, paths in enumerate(self.layouts):
             if all((manual_dir / path).exists() for path in paths):
                 return index
-        expected = " or ".join(", ".join(paths) for paths in self.layouts)
+        alternatives = [
+            paths[0] if len(paths) == 1 else f"[{', '.join(paths)}]" for paths in self.layouts
+        ]
         raise MissingDataError(
-            f"{self.title} not found: expected {expected} in manual_dir {manual_dir}; "
-            f"download {self.url} and {self.hint} (or set dataset.manual_dir)"
+            f"{self.title} not found: expected {' or '.join(alternatives)} in manual_dir "
+            f"{manual_dir}; download {self.url} and {self.hint.format(manual_dir=manual_dir)} "
+            "(or set dataset.manual_dir)"
         )
 
 

@@ -36,8 +36,8 @@ class MambaCache(NamedTuple):
 
 
 def inverse_softplus(y):
-    """x with softplus(x) = y, for y > 0 (numpy)."""
-    return y + np.log(-np.expm1(-y))
+    """x with softplus(x) = y, for y > 0."""
+    return y + jnp.log(-jnp.expm1(-y))
 
 
 def depthwise_conv(x, weight, bias, *, reverse: bool = False):
@@ -90,11 +90,10 @@ class SelectiveSSM(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
-        u = np.asarray(jax.random.uniform(rngs.params(), (d_inner,)), np.float64)
-        dt = np.exp(u * (np.log(dt_max) - np.log(dt_min)) + np.log(dt_min))
-        dt_bias = inverse_softplus(np.maximum(dt, dt_init_floor))
+        u = jax.random.uniform(rngs.params(), (d_inner,))
+        dt = jnp.exp(u * (np.log(dt_max) - np.log(dt_min)) + np.log(dt_min))
+        self.dt_bias = SSMParam(inverse_softplus(jnp.maximum(dt, dt_init_floor)))
         A_log = np.log(np.broadcast_to(np.arange(1.0, d_state + 1), (d_inner, d_state)))
-        self.dt_bias = SSMParam(jnp.asarray(dt_bias, jnp.float32))
         self.A_log = SSMParam(jnp.asarray(A_log, jnp.float32))
         self.D = SSMParam(jnp.ones((d_inner,), jnp.float32))
 

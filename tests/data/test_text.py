@@ -156,6 +156,14 @@ def test_imdb_from_archive_equals_expected_and_max_len_cuts_at_read(tmp_path):
         assert imdb_split(dataset, split) == expected_imdb(split, 8)
 
 
+def test_prepared_dataset_reads_without_the_downloaded_files(tmp_path):
+    write_imdb(tmp_path / "raw", archive=True)
+    get_dataset("imdb", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "raw"))
+    (tmp_path / "raw" / "aclImdb_v1.tar.gz").unlink()
+    dataset = get_dataset("imdb", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "raw"))
+    assert imdb_split(dataset, "test") == expected_imdb("test", 4096)
+
+
 def test_aan_examples_are_two_documents_as_2_by_l_tokens_with_two_lengths(aan):
     spec = aan.spec
     assert (spec.name, spec.seq_len, spec.num_classes, spec.paired) == ("aan", 4000, 2, True)

@@ -106,3 +106,11 @@ def test_multirun_sweep_gives_one_run_dir_with_its_own_metrics_per_value(tmp_pat
     assert runs[0].startswith("0_") and "optimizer.lr=0.001" in runs[0]
     assert runs[1].startswith("1_") and "optimizer.lr=0.003" in runs[1]
     assert result.stdout.count("test accuracy:") == 2
+
+
+def test_cli_missing_download_says_what_to_fetch_and_where(tmp_path):
+    result = run_cli("experiment=sequential/smnist-s4d", f"dataset.data_dir={tmp_path}")
+    assert result.returncode != 0
+    message = result.stderr.strip()
+    assert message.startswith("error: MNIST") and "\n" not in message
+    assert "train-images-idx3-ubyte" in message and str(tmp_path / "manual" / "mnist") in message

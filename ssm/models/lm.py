@@ -1,0 +1,273 @@
+"""MambaLM: a Mamba language model with cached, compiled-once generation, and its checkpoints.
+
+Notation: b batch, l length, l0 prompt length, d = d_model, v vocabulary.
+"""
+
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ssm.layers.mamba import Mamba, MambaCache
+from ssm.models.sequence import DTYPES
+
+OPTIONS_FILE = "model.json"
+PARAMS_DIR = "params"
+
+
+def top_k_filter(logits, k: int):
+    """Keep the k largest logits of each row, -inf elsewhere (ties with the k-th are kept).
+
+    Args:
+      logits: (..., v).   k: 1 <= k <= v.
+
+    Returns:
+      (..., v) filtered logits.
+    """
+    kth_largest = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits >= kth_largest, logits, -jnp.inf)
+
+
+def top_p_filter(logits, p: float):
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability sums to >= p.
+
+    Args:
+      logits: (..., v).   p: 0 < p <= 1.
+
+    Returns:
+      (..., v) filtered logits (-inf outside the set).
+    """
+    ordered = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the strictly likelier tokens
+    threshold = jnp.min(jnp.where(mass_before < p, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def sample_token(key, logits, *, temperature: float, top_k: int | None, top_p: float | None):
+    """Next token per row: argmax if ``temperature == 0``, else sampled from the filtered softmax.
+
+    Filters apply after the temperature: top-k, then top-p.  logits: (b, v) -> (b,) int32.
+    """
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1:
+        logits = top_p_filter(logits, top_p)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+class MambaLM(nnx.Module):
+    """Embedding -> n_layers x (h + Mamba(RMSNorm(h))) -> RMSNorm -> tied head (h @ embedding.T).
+
+    The residual stream is float32 whatever ``dtype`` (the compute dtype of the blocks); logits
+    are float32. ``layer_options`` are Mamba's options (``bidirectional`` is not allowed).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        n_layers: int,
+        *,
+        layer_options: dict | None = None,
+        dtype: Literal["float32", "bfloat16"] = "float32",
+        rngs: nnx.Rngs,
+    ):
+        layer_options = dict(layer_options or {})
+        if layer_options.get("bidirectional"):
+            raise ValueError("MambaLM is causal: layer_options.bidirectional must be false")
+        if dtype not in DTYPES:
+            raise ValueError(f"MambaLM dtype={dtype!r} is not valid; valid: {', '.join(DTYPES)}")
+        for name, value in dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers).items():
+            if value < 1:
+                raise ValueError(f"MambaLM {name} must be >= 1, got {value}")
+        self.vocab_size, self.d_model, self.n_layers, self.dtype = (
+            vocab_size,
+            d_model,
+            n_layers,
+            dtype,
+        )
+        self.layer_options = tuple(sorted(layer_options.items()))  # hashable: part of the graphdef
+        compute = DTYPES[dtype]
+        self.embedding = nnx.Embed(
+            vocab_size,
+            d_model,
+            dtype=compute,
+            embedding_init=nnx.initializers.normal(0.02),
+            rngs=rngs,
+        )
+        self.norms = nnx.List(
+            nnx.RMSNorm(d_model, epsilon=1e-5, dtype=compute, rngs=rngs) for _ in range(n_layers)
+        )
+        self.layers = nnx.List(
+            Mamba(d_model, **layer_options, dtype=compute, rngs=rngs) for _ in range(n_layers)
+        )
+        for layer in self.layers:  # GPT-2 / Mamba prenorm-residual rescaling
+            layer.out_proj.kernel[...] = layer.out_proj.kernel[...] / math.sqrt(n_layers)
+        self.final_norm = nnx.RMSNorm(d_model, epsilon=1e-5, dtype=compute, rngs=rngs)
+
+    def options(self) -> dict:
+        """The constructor's arguments (without rngs), JSON-serializable."""
+        return dict(
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            layer_options=dict(self.layer_options),
+            dtype=self.dtype,
+        )
+
+    def _logits(self, h):
+        return self.embedding.attend(self.final_norm(h)).astype(jnp.float32)
+
+    def __call__(self, tokens):
+        """Parallel mode. tokens: (b, l) int -> logits (b, l, v) float32."""
+        h = self.embedding(tokens).astype(jnp.float32)
+        for norm, layer in zip(self.norms, self.layers, strict=True):
+            h = h + layer(norm(h))
+        return self._logits(h)
+
+    def initial_state(self, batch_size: int) -> tuple[MambaCache, ...]:
+        """Empty cache: one MambaCache per layer."""
+        return tuple(layer.initial_state(batch_size) for layer in self.layers)
+
+    def step(self, token, cache: tuple[MambaCache, ...]):
+        """One token. token: (b,) int -> (logits (b, v) float32, cache); cost independent of l."""
+        h = self.embedding(token).astype(jnp.float32)
+        new_cache = []
+        for norm, layer, layer_cache in zip(self.norms, self.layers, cache, strict=True):
+            y, layer_cache = layer.step(norm(h), layer_cache)
+            h = h + y
+            new_cache.append(layer_cache)
+        return self._logits(h), tuple(new_cache)
+
+    def generate(
+        self,
+        prompt,
+        max_new_tokens: int,
+        *,
+        key=None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_token: int | None = None,
+    ):
+        """Continue ``prompt`` by ``max_new_tokens`` tokens with the recurrent cache.
+
+        The prompt is fed through ``step`` token by token, then each new token is sampled and fed
+        back; both loops are ``lax.scan``s in one jitted function, compiled once per (shapes,
+        sampling settings) and reused for every token and every later call.
+
+        Args:
+          prompt: (b, l0) int tokens, l0 >= 1.
+          max_new_tokens: number of tokens to append.
+          key: PRNG key, needed when ``temperature > 0``.
+          temperature: 0 = greedy (argmax); otherwise logits are divided by it before sampling.
+          top_k: sample only among the k most likely tokens.
+          top_p: sample only among the smallest set of most likely tokens with probability >= p.
+          stop_token: once a row emits it, the rest of that row is filled with it.
+
+        Returns:
+          (b, l0 + max_new_tokens) int32 tokens, the prompt first.
+        """
+        prompt = jnp.asarray(prompt)
+        if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+            raise ValueError(
+                f"prompt must be (b, l0) integer tokens with l0 >= 1, got {prompt.shape}"
+            )
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if temperature > 0 and key is None:
+            raise ValueError("sampling with temperature > 0 needs a PRNG key (or temperature=0)")
+        if top_k is not None and not 1 <= top_k <= self.vocab_size:
+            raise ValueError(f"top_k must be in [1, {self.vocab_size}] or None, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        if stop_token is not None and not 0 <= stop_token < self.vocab_size:
+            raise ValueError(
+                f"stop_token must be in [0, {self.vocab_size}) or None, got {stop_token}"
+            )
+        graphdef, state = nnx.split(self)
+        return _generate(
+            graphdef,
+            state,
+            prompt.astype(jnp.int32),
+            jax.random.key(0) if key is None else key,
+            max_new_tokens=max_new_tokens,
+            temperature=float(temperature),
+            top_k=top_k,
+            top_p=top_p,
+            stop_token=stop_token,
+        )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "stop_token"),
+)
+def _generate(
+    graphdef, state, prompt, key, *, max_new_tokens, temperature, top_k, top_p, stop_token
+):
+    """The body of ``MambaLM.generate``: prompt scan, then decoding scan. -> (b, l0 + new)."""
+    model = nnx.merge(graphdef, state)
+    batch_size = prompt.shape[0]
+
+    def consume(carry, token):
+        _, cache = carry
+        return model.step(token, cache), None
+
+    empty_logits = jnp.zeros((batch_size, model.vocab_size), jnp.float32)
+    (logits, cache), _ = jax.lax.scan(
+        consume, (empty_logits, model.initial_state(batch_size)), prompt.T
+    )
+
+    def decode(carry, step_key):
+        logits, cache, stopped = carry
+        token = sample_token(step_key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        if stop_token is not None:
+            token = jnp.where(stopped, stop_token, token)
+            stopped = stopped | (token == stop_token)
+        logits, cache = model.step(token, cache)
+        return (logits, cache, stopped), token
+
+    stopped = jnp.zeros((batch_size,), bool)
+    keys = jax.random.split(key, max_new_tokens)
+    _, new_tokens = jax.lax.scan(decode, (logits, cache, stopped), keys)  # (new, b)
+    return jnp.concatenate([prompt, new_tokens.T], axis=1)
+
+
+def save_lm(path: str | Path, model: MambaLM) -> None:
+    """Write ``model`` to the folder ``path``: ``model.json`` (options) and orbax ``params/``."""
+    path = Path(path).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OPTIONS_FILE).write_text(json.dumps(model.options(), indent=2) + "\n")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path / PARAMS_DIR, nnx.to_pure_dict(nnx.state(model)), force=True)
+
+
+def load_lm(path: str | Path) -> MambaLM:
+    """The MambaLM that ``save_lm`` wrote to ``path``."""
+    path = Path(path).absolute()
+    if not (path / OPTIONS_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(
+            f"no MambaLM checkpoint at {path}: expected {OPTIONS_FILE} and {PARAMS_DIR}/ "
+            "(written by ssm.models.save_lm)"
+        )
+    options = json.loads((path / OPTIONS_FILE).read_text())
+    abstract_model = nnx.eval_shape(lambda: MambaLM(**options, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract_model)
+    like = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(path / PARAMS_DIR, like)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
