@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ssm.data.digits import _quiet_tfds
+from ssm.data.manual import MappedSource
 from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
 
 PAD, END = 0, 15
@@ -149,12 +150,12 @@ class ListOps(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     code_path = tfds.core.Path(__file__)  # see digits.py: tfds cannot derive it here
-    disable_shuffling = True  # keep the generation order
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
+            disable_shuffling=True,  # examples stay in generation order
             features=tfds.features.FeaturesDict(
                 {
                     "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
@@ -182,22 +183,12 @@ class ListOps(tfds.core.GeneratorBasedBuilder):
             yield i, {"tokens": tokens.astype(np.int32), "label": label}
 
 
-class PaddedTokens:
-    """A random-access view of a ListOps split: ``inputs`` (SEQ_LEN,) int32, ``label``,
-    ``length``."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int) -> dict:
-        example = self.source[i]
-        tokens = example["tokens"]
-        inputs = np.zeros(SEQ_LEN, np.int32)
-        inputs[: len(tokens)] = tokens
-        return {"inputs": inputs, "label": int(example["label"]), "length": len(tokens)}
+def _padded(example: dict) -> dict:
+    """Stored example -> ``inputs`` (SEQ_LEN,) int32 zero-padded, ``label`` and ``length``."""
+    tokens = example["tokens"]
+    inputs = np.full(SEQ_LEN, PAD, np.int32)
+    inputs[: len(tokens)] = tokens
+    return {"inputs": inputs, "label": int(example["label"]), "length": len(tokens)}
 
 
 @register_dataset("listops")
@@ -230,4 +221,4 @@ def listops(
         splits=SPLITS,
     )
     sources = builder.as_data_source()
-    return Dataset(spec=spec, sources={s: PaddedTokens(sources[s]) for s in SPLITS})
+    return Dataset(spec=spec, sources={s: MappedSource(sources[s], _padded) for s in SPLITS})

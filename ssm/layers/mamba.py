@@ -110,8 +110,9 @@ class SelectiveSSM(nnx.Module):
     def __call__(self, x, z, mask=None, *, reverse: bool = False):
         """Parallel mode. x, z: (b, l, e), mask: (b, l) bool -> y: (b, l, e).
 
-        Δ is 0 at padded positions, which makes those steps the identity on the state, so a
-        valid position sees the same state as in the sequence without the padding.
+        Δ is formed here (not by the op's dt_bias/dt_softplus) so that it can be 0 at padded
+        positions: those steps are the identity on the state, so a valid position sees the
+        state of the sequence without the padding.
         """
         weight, bias = (
             self.conv_weight[...].astype(self.dtype),
@@ -126,6 +127,7 @@ class SelectiveSSM(nnx.Module):
         )
 
     def initial_state(self, batch_size: int) -> MambaCache:
+        """Zero conv window (b, k - 1, e) and SSM state (b, e, n)."""
         width, d_inner = self.conv_weight.shape
         return MambaCache(
             conv=jnp.zeros((batch_size, width - 1, d_inner), self.dtype),

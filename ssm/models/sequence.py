@@ -14,7 +14,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class ResidualBlock(nnx.Module):
-    """x + out(dropout(act(layer(norm(x))))) (pre-norm) or norm(x + ...) (post-norm)."""
+    """x + out(dropout(act(layer(norm(x))))) (pre-norm) or norm(x + ...) (post-norm).
+
+    ``output="none"`` is for layers with their own gating and output projection (Mamba): the
+    residual update is then ``dropout(layer(norm(x)))``, with no activation or extra projection.
+    """
 
     def __init__(self, d_model, layer, *, norm, prenorm, activation, output, dropout, dtype, rngs):
         self.layer, self.prenorm, self.activation = layer, prenorm, ACTIVATIONS[activation]
@@ -22,9 +26,17 @@ class ResidualBlock(nnx.Module):
             self.norm = nnx.LayerNorm(d_model, dtype=dtype, rngs=rngs)
         else:
             self.norm = nnx.BatchNorm(d_model, dtype=dtype, momentum=0.9, rngs=rngs)
-        width = 2 * d_model if output == "glu" else d_model
-        self.out = nnx.Linear(layer.d_output, width, dtype=dtype, rngs=rngs)
-        self.glu = output == "glu"
+        self.output = output
+        if output == "none":
+            if layer.d_output != d_model:
+                raise ValueError(
+                    f"model.output='none' needs a layer whose output size is d_model={d_model}, "
+                    f"got {layer.d_output}; use output 'glu' or 'linear'"
+                )
+            self.out = None
+        else:
+            width = 2 * d_model if output == "glu" else d_model
+            self.out = nnx.Linear(layer.d_output, width, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def _norm(self, x, mask, train):
@@ -35,10 +47,13 @@ class ResidualBlock(nnx.Module):
     def __call__(self, x, mask, *, train, key):
         """x: (b, l, d), mask: (b, l) bool -> (b, l, d)."""
         z = self._norm(x, mask, train) if self.prenorm else x
-        z = self.activation(self.layer(z, mask))
+        z = self.layer(z, mask)
+        if self.out is not None:
+            z = self.activation(z)
         z = self.dropout(z, deterministic=not train, rngs=key)
-        z = self.out(z)
-        if self.glu:
+        if self.out is not None:
+            z = self.out(z)
+        if self.output == "glu":
             z = nnx.glu(z, axis=-1)
         x = x + z
         return x if self.prenorm else self._norm(x, mask, train)
@@ -68,7 +83,7 @@ class SequenceModel(nnx.Module):
         n_layers: int = 4,
         dropout: float = 0.1,
         activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu",
-        output: Literal["glu", "linear"] = "glu",
+        output: Literal["glu", "linear", "none"] = "glu",
         norm: Literal["layer", "batch"] = "layer",
         prenorm: bool = True,
         pooling: Literal["mean", "last", "none"] = "mean",

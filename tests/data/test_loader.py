@@ -96,3 +96,127 @@ def test_loader_rejects_start_outside_the_epoch_and_batches_larger_than_the_sour
         next(loader.batches(0, start=3))
     with pytest.raises(ValueError, match="no batch of 11 from 10 examples"):
         Loader(numbered_source(10), 11, seed=0)
+
+
+def ragged_source(lengths) -> list[dict]:
+    """Token examples i of the given lengths, unpadded: inputs i+1 repeated, ``length``, label i."""
+    return [
+        {"inputs": np.full(n, i + 1, np.int32), "length": n, "label": i}
+        for i, n in enumerate(lengths)
+    ]
+
+
+def test_loader_pads_ragged_examples_to_the_batch_longest_with_zeros_and_mask():
+    loader = Loader(ragged_source([3, 7, 5, 2, 4]), 3, seed=0, shuffle=False, drop_remainder=False)
+    first, second = loader.batches(0)
+    assert first["inputs"].shape == (3, 7) and second["inputs"].shape == (2, 4)
+    np.testing.assert_array_equal(first["mask"].sum(axis=1), [3, 7, 5])
+    np.testing.assert_array_equal(first["inputs"][0], [1, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(first["inputs"] != 0, first["mask"])
+
+
+def test_loader_pad_to_fixes_the_length_and_cuts_only_padding():
+    padded = [
+        dict(e, inputs=np.pad(e["inputs"], (0, 10 - e["length"]))) for e in ragged_source([6, 2, 5])
+    ]
+    batch = next(Loader(padded, 3, seed=0, shuffle=False, pad_to=6).batches(0))
+    assert batch["inputs"].shape == (3, 6)
+    np.testing.assert_array_equal(batch["mask"].sum(axis=1), [6, 2, 5])
+    assert next(Loader(padded, 3, seed=0, shuffle=False, pad_to=12).batches(0))["inputs"].shape == (
+        3,
+        12,
+    )
+    with pytest.raises(ValueError, match="6 valid positions, more than length 4"):
+        next(Loader(padded, 3, seed=0, shuffle=False, pad_to=4).batches(0))
+
+
+def test_loader_pads_pairs_and_per_position_labels_along_their_position_axis():
+    pairs = [
+        {"inputs": np.ones((2, n), np.int32), "length": np.array([n, 1]), "label": 0}
+        for n in (2, 5)
+    ]
+    batch = next(Loader(pairs, 2, seed=0, shuffle=False).batches(0))
+    assert batch["inputs"].shape == batch["mask"].shape == (2, 2, 5)
+    np.testing.assert_array_equal(batch["mask"].sum(axis=2), [[2, 1], [5, 1]])
+    tagged = [
+        {"inputs": np.ones(n, np.int32), "label": np.arange(n), "label_mask": np.ones(n, bool)}
+        for n in (3, 4)
+    ]
+    batch = next(Loader(tagged, 2, seed=0, shuffle=False).batches(0))
+    assert batch["label"].shape == batch["label_mask"].shape == (2, 4)
+    np.testing.assert_array_equal(batch["label_mask"].sum(axis=1), [3, 4])
+
+
+LENGTHS = [(7 * i) % 40 + 1 for i in range(60)]  # 1..40, ragged order
+BOUNDARIES = (10, 20, 40)
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_loader_buckets_hold_lengths_of_one_bucket_padded_to_its_boundary(drop_remainder):
+    loader = Loader(
+        ragged_source(LENGTHS),
+        4,
+        seed=3,
+        bucket_boundaries=BOUNDARIES,
+        drop_remainder=drop_remainder,
+    )
+    batches = list(loader.batches(0))
+    assert len(batches) == loader.steps_per_epoch
+    seen = []
+    for batch in batches:
+        boundary = batch["inputs"].shape[1]
+        assert boundary in BOUNDARIES
+        low = ([0, *BOUNDARIES])[BOUNDARIES.index(boundary)]
+        lengths = batch["mask"].sum(axis=1)
+        assert np.all((low < lengths) & (lengths <= boundary))
+        np.testing.assert_array_equal(lengths, [LENGTHS[i] for i in batch["label"]])
+        seen += batch["label"].tolist()
+    assert len(seen) == len(set(seen))
+    if drop_remainder:
+        assert all(len(b["label"]) == 4 for b in batches)
+    else:
+        assert sorted(seen) == list(range(60))
+
+
+def test_loader_bucketed_order_is_a_function_of_seed_and_epoch_and_resumes_exactly():
+    def make(seed):
+        return Loader(ragged_source(LENGTHS), 4, seed=seed, bucket_boundaries=BOUNDARIES)
+
+    first = make(5)
+    assert epoch_labels(first, 1) == epoch_labels(make(5), 1)
+    assert epoch_labels(first, 1) != epoch_labels(make(6), 1)
+    assert epoch_labels(first, 1) != epoch_labels(first, 2)
+    uninterrupted = list(first.batches(2))
+    for start in (1, 7, first.steps_per_epoch):
+        resumed = list(make(5).batches(2, start))
+        assert len(resumed) == len(uninterrupted) - start
+        for a, b in zip(resumed, uninterrupted[start:], strict=True):
+            for key in ("inputs", "mask", "label"):
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_loader_bucketing_without_shuffle_goes_through_buckets_in_source_order():
+    loader = Loader(
+        ragged_source(LENGTHS),
+        4,
+        seed=0,
+        shuffle=False,
+        drop_remainder=False,
+        bucket_boundaries=BOUNDARIES,
+    )
+    labels = sum(epoch_labels(loader, 0), [])
+    buckets = np.searchsorted(BOUNDARIES, np.array(LENGTHS)[labels])
+    assert np.all(np.diff(buckets) >= 0)
+    for bucket in range(3):
+        members = np.array(labels)[buckets == bucket]
+        assert np.all(np.diff(members) > 0)
+
+
+def test_loader_rejects_bad_bucket_boundaries_and_examples_longer_than_the_last():
+    source = ragged_source(LENGTHS)
+    with pytest.raises(ValueError, match="increasing positive lengths"):
+        Loader(source, 4, seed=0, bucket_boundaries=(20, 10, 40))
+    with pytest.raises(ValueError, match="longer than the last bucket boundary 20"):
+        Loader(source, 4, seed=0, bucket_boundaries=(10, 20))
+    with pytest.raises(ValueError, match="not both"):
+        Loader(source, 4, seed=0, pad_to=40, bucket_boundaries=BOUNDARIES)

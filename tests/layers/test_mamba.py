@@ -77,10 +77,10 @@ def test_mamba_bidirectional_equals_causal_branch_plus_reversed_branch_on_flippe
     layer = Mamba(D_MODEL, d_state=4, bidirectional=True, dt_min=0.05, rngs=nnx.Rngs(0))
     x = inputs()
     u, z = jnp.split(layer.in_proj(x), 2, axis=-1)
-    forward_branch = layer.ssm(u, z)
+    forward_branch = layer.ssm(u, z)  # eager, so 1e-4: GPU matmuls differ jitted vs eager (TF32)
     backward = jnp.flip(layer.ssm_reverse(jnp.flip(u, 1), jnp.flip(z, 1)), 1)  # causal on flip
     np.testing.assert_allclose(
-        forward(layer, x), layer.out_proj(forward_branch + backward), rtol=1e-5, atol=1e-5
+        forward(layer, x), layer.out_proj(forward_branch + backward), rtol=1e-4, atol=1e-4
     )
 
 

@@ -53,10 +53,11 @@ def test_token_inputs_and_per_position_outputs():
     assert m(tokens).shape == (2, 9, 5)
 
 
-@pytest.mark.parametrize("output", ["glu", "linear"])
+@pytest.mark.parametrize("output", ["glu", "linear", "none"])
 @pytest.mark.parametrize("prenorm", [True, False])
 def test_blocks_build_and_run_in_every_variant(output, prenorm):
-    m = model(output=output, prenorm=prenorm, activation="silu", dtype="bfloat16")
+    layer = dict(layer="mamba", layer_options={"d_state": 4}) if output == "none" else {}
+    m = model(output=output, prenorm=prenorm, activation="silu", dtype="bfloat16", **layer)
     y = m(jnp.ones((2, 6, 3)))
     assert y.shape == (2, 5) and bool(jnp.all(jnp.isfinite(y)))
 
@@ -90,3 +91,18 @@ def test_paired_model_is_two_towers_of_one_backbone():
     np.testing.assert_allclose(m(tokens, mask), expected, rtol=1e-5, atol=1e-6)
     swapped = m(tokens[:, ::-1], mask[:, ::-1])
     assert not np.allclose(swapped, m(tokens, mask))
+
+
+def test_output_none_adds_the_layer_output_to_the_residual_directly():
+    m = model(layer="mamba", layer_options={"d_state": 4}, output="none", n_layers=1)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 3))
+    h = m.encoder(x)
+    block = m.blocks[0]
+    expected = h + block.layer(block.norm(h))
+    pooled = jnp.mean(m.final_norm(expected), axis=1)
+    np.testing.assert_allclose(m(x), m.head(pooled), rtol=1e-5, atol=1e-5)
+
+
+def test_output_none_refuses_a_layer_with_a_different_output_size():
+    with pytest.raises(ValueError, match="output='none' needs a layer whose output size"):
+        model(output="none", layer_options={"d_state": 4, "channels": 2})
