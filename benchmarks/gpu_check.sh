@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One GPU session: compiled equivalence tests of ops/layers/models, then the selective-scan
+# benchmark at the reference shape (b=4, l=8192, d=1536, n=16) in fp32 and bf16.
+# Needs only jax/flax/optax/orbax/hypothesis/pytest/matplotlib (no hydra, grain or tfds).
+# Usage: OUT=<dir> bash benchmarks/gpu_check.sh
+set -uo pipefail
+export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+OUT="${OUT:-outputs/gpu}"
+mkdir -p "$OUT"
+python3 -c "import jax; print(jax.__version__, jax.devices())" 2>&1 | tee "$OUT/device.txt"
+python3 -m pytest -q -p no:cacheprovider tests/ops tests/layers tests/models tests/test_hippo.py \
+  2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+for dtype in float32 bfloat16; do
+  python3 -m benchmarks.selective_scan --shapes reference --dtype "$dtype" --out "$OUT/$dtype" \
+    2>&1 | tee "$OUT/bench_$dtype.log"
+done
