@@ -14,7 +14,7 @@ from flax import nnx
 from ssm.hippo import legs_diagonal
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import long_conv
-from ssm.ops.kernels import discretize_diagonal, vandermonde_kernel
+from ssm.ops.kernels import HIGHEST, discretize_diagonal, vandermonde_kernel
 from ssm.params import SSMParam
 
 Init = Literal["legs", "lin", "inv", "real"]
@@ -124,5 +124,8 @@ class S4D(nnx.Module):
         log_dA, dB, C = self.discrete()
         u = x_t.astype(jnp.float32)
         state = jnp.exp(log_dA) * state + dB * u[..., None]
-        y = 2.0 * jnp.einsum("chn,bhn->bch", C, state).real + self.D[...] * u[:, None, :]
+        y = (
+            2.0 * jnp.einsum("chn,bhn->bch", C, state, precision=HIGHEST).real
+            + self.D[...] * u[:, None, :]
+        )
         return y.reshape(x_t.shape[0], self.d_output).astype(self.dtype), state

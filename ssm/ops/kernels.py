@@ -6,7 +6,10 @@ implicit, hence the ``2 Re``), c SSM copies per channel, l length.
 
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
+
+HIGHEST = jax.lax.Precision.HIGHEST  # full float32 (no TF32 on GPUs): kernel math stays exact
 
 Discretization = Literal["zoh", "bilinear"]
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -50,4 +53,4 @@ def vandermonde_kernel(log_dA, dB, C, length: int):
     """
     powers = jnp.exp(log_dA[..., None] * jnp.arange(length, dtype=jnp.float32))  # (h, n2, l)
     CB = C.astype(jnp.complex64) * dB  # (c, h, n2)
-    return 2.0 * jnp.einsum("chn,hnl->chl", CB, powers).real
+    return 2.0 * jnp.einsum("chn,hnl->chl", CB, powers, precision=HIGHEST).real

@@ -134,8 +134,10 @@ def test_selective_scan_impl_matches_reference_any_shape_and_options(
 ):
     inputs = make_inputs(length, b=1, length=length, groups=groups)
     inputs = {k: v for k, v in inputs.items() if k not in OPTIONAL or k in optional}
-    if not dt_softplus:
+    if not dt_softplus:  # keep Δ = dt + dt_bias positive, as softplus would
         inputs["dt"] = jnp.abs(inputs["dt"]) * 0.1
+        if "dt_bias" in inputs:
+            inputs["dt_bias"] = jnp.abs(inputs["dt_bias"]) * 0.1
     kwargs = dict(dt_softplus=dt_softplus, reverse=reverse)
     extra = {"chunk_size": chunk_size} if impl == "chunked" else {}
     y, h = run(SELECTIVE_SCAN.get(impl), inputs, **kwargs, **extra)
