@@ -90,7 +90,9 @@ class Recipe:
     padding: float
 
 
-RECIPES = {  # LRA's customisations of snakes2 (paddle_length 5 and padding 22 are its defaults)
+# LRA's customisations of snakes2; paddle_length 5 and, at 256, seed_distance 27 and padding 22
+# are snakes2's defaults; contrast is snake contrast x paddle contrast (2 x 0.75 at 32).
+RECIPES = {
     32: Recipe(2, 0.5, (1,), 7, 1.5, 1.0, 20, 1.5, 1),
     64: Recipe(5, 1.0, (1,), 12, 2.5, 1.8, 22, 0.8, 1),
     128: Recipe(5, 1.5, (2, 3), 20, 3, 1.8, 35, 0.9, 1),

@@ -57,8 +57,8 @@ def _require(condition: bool, message: str):
 def _dataset(spec: DatasetSpec, generators: dict, sizes: dict, seed: int) -> Dataset:
     """A Dataset whose split ``s`` has ``sizes[s]`` examples made by ``generators[s]``."""
     _require(seed >= 0, f"{spec.name}: seed must be non-negative, got {seed}")
-    for split, size in sizes.items():
-        _require(size >= 1, f"{spec.name}: the {split} split needs at least 1 example, got {size}")
+    for option, size in zip(("num_train", "num_val", "num_test"), sizes.values(), strict=True):
+        _require(size >= 1, f"{spec.name}: {option} must be at least 1, got {size}")
     sources = {
         split: GeneratedSource(generators[split], sizes[split], seed=seed, split_id=i)
         for i, split in enumerate(SPLITS)

@@ -87,7 +87,10 @@ class Trainer:
         tc = config.trainer
         self.dataset = get_dataset(config.dataset_name, **options_of(config.dataset))
         spec = self.dataset.spec
-        self.train_loader = Loader(self.dataset.source("train"), tc.batch_size, seed=tc.seed)
+        # Every batch is padded to the dataset's length: one compiled step for all of them.
+        self.train_loader = Loader(
+            self.dataset.source("train"), tc.batch_size, seed=tc.seed, pad_to=spec.seq_len
+        )
         self.eval_batch_size = tc.eval_batch_size or tc.batch_size
         steps_per_epoch = self.train_loader.steps_per_epoch
         if steps_per_epoch == 0:
@@ -153,6 +156,7 @@ class Trainer:
             seed=0,
             shuffle=False,
             drop_remainder=False,
+            pad_to=self.dataset.spec.seq_len,
         )
         totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
         for batch in loader.batches(0):

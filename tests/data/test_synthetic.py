@@ -207,7 +207,7 @@ def test_adding_label_is_the_bin_of_the_sum_of_the_two_marked_values():
         ("mqar", dict(vocab_size=20), "vocab_size=20 must be at least 2 \\* num_kv_pairs=32"),
         ("mqar", dict(power_a=0.0), "power_a must be in \\(0, 1\\], got 0.0"),
         ("adding", dict(num_bins=1), "num_bins must be at least 2, got 1"),
-        ("adding", dict(num_val=0), "the validation split needs at least 1 example, got 0"),
+        ("adding", dict(num_val=0), "num_val must be at least 1, got 0"),
         ("copying", dict(seed=-1), "seed must be non-negative, got -1"),
     ],
 )

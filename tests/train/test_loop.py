@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ssm.data import DATASETS, Dataset, DatasetSpec
 from ssm.train import Trainer, TrainingDiverged, experiment_config, train
 from ssm.train.checkpoint import Checkpoints
 from ssm.train.metrics import read_metrics
@@ -96,3 +97,60 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     step, state = final_params(tmp_path)
     assert step == 3
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+
+
+class VariableLengthTokens:
+    """In-memory examples of 3..20 tokens; the label is the first token's parity."""
+
+    def __init__(self, count, seed):
+        rng = np.random.default_rng(seed)
+        self.examples = []
+        for _ in range(count):
+            tokens = rng.integers(1, 9, size=rng.integers(3, 21)).astype(np.int32)
+            self.examples.append(
+                {"inputs": tokens, "length": len(tokens), "label": int(tokens[0] % 2)}
+            )
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        return self.examples[i]
+
+
+def variable_length_tokens():
+    spec = DatasetSpec("variable_length_tokens", 20, 2, None, 9, ("train", "validation", "test"))
+    splits = {"train": (64, 0), "validation": (16, 1), "test": (16, 2)}
+    return Dataset(spec, {k: VariableLengthTokens(*v) for k, v in splits.items()})
+
+
+if "variable_length_tokens" not in DATASETS:
+    DATASETS.register("variable_length_tokens")(variable_length_tokens)
+
+
+def test_variable_length_batches_are_padded_to_one_shape_and_compile_once(tmp_path):
+    config = experiment_config(
+        {
+            "layer": {"name": "s4d", "d_state": 4},
+            "dataset": {"name": "variable_length_tokens"},
+            "model": {"d_model": 8, "n_layers": 1},
+            "trainer": {
+                "batch_size": 8,
+                "epochs": 1,
+                "output_dir": str(tmp_path),
+                "progress": False,
+            },
+        }
+    )
+    trainer = Trainer(config)
+    state = trainer.initial_state
+    for batch in trainer.train_loader.batches(0):
+        assert batch["inputs"].shape == (8, 20)
+        lengths = batch["mask"].sum(1)
+        assert lengths.min() >= 3 and lengths.max() <= 20
+        np.testing.assert_array_equal(batch["mask"], np.arange(20) < lengths[:, None])
+        assert not np.any(batch["inputs"][~batch["mask"]])
+        state, _ = trainer.train_step(state, batch)
+    assert trainer.train_step._cache_size() == 1
+    trainer.evaluate(state, "validation")
+    assert trainer.eval_step._cache_size() == 1
