@@ -6,14 +6,12 @@ data ships with scikit-learn, so the dataset builds offline. The train/validatio
 builder config, so different seeds live side by side on disk.
 """
 
-import contextlib
 import dataclasses
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
-from tensorflow_datasets.core.utils import tqdm_utils
 
+from ssm.data.build import prepare_builder
 from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
 
 SEQ_LEN = 64
@@ -78,19 +76,6 @@ class SequentialDigits(tfds.core.GeneratorBasedBuilder):
             yield int(row), {"inputs": inputs, "label": int(targets[row])}
 
 
-@contextlib.contextmanager
-def _quiet_tfds():
-    """Hides TFDS's progress bars and absl info/warnings, restoring both afterwards."""
-    bars, verbosity = tqdm_utils._active, logging.get_verbosity()
-    tfds.display_progress_bar(False)
-    logging.set_verbosity(logging.ERROR)
-    try:
-        yield
-    finally:
-        tfds.display_progress_bar(bars)
-        logging.set_verbosity(verbosity)
-
-
 @register_dataset("digits")
 def digits(*, data_dir: str | None = None, split_seed: int = 0) -> Dataset:
     """The sequential digits, built under ``data_dir`` on first use and read from array_record.
@@ -100,11 +85,7 @@ def digits(*, data_dir: str | None = None, split_seed: int = 0) -> Dataset:
         split_seed: seed of the stratified train/validation/test split.
     """
     config = DigitsConfig(name=f"seed_{split_seed}", split_seed=split_seed)
-    with _quiet_tfds():
-        builder = SequentialDigits(
-            data_dir=resolve_data_dir(data_dir), config=config, file_format="array_record"
-        )
-        builder.download_and_prepare()
+    builder = prepare_builder(SequentialDigits, data_dir=resolve_data_dir(data_dir), config=config)
     spec = DatasetSpec(
         name="digits",
         seq_len=SEQ_LEN,

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ssm.data.digits import _quiet_tfds
+from ssm.data.build import prepare_builder
 from ssm.data.manual import MappedSource
 from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
 
@@ -207,11 +207,7 @@ def listops(
         seed: generation seed; each (size, seed) is its own builder config.
     """
     config = ListOpsConfig(name=f"{size}_seed_{seed}", size=size, seed=seed)
-    with _quiet_tfds():
-        builder = ListOps(
-            data_dir=resolve_data_dir(data_dir), config=config, file_format="array_record"
-        )
-        builder.download_and_prepare()
+    builder = prepare_builder(ListOps, data_dir=resolve_data_dir(data_dir), config=config)
     spec = DatasetSpec(
         name="listops",
         seq_len=SEQ_LEN,

@@ -8,13 +8,14 @@ downloaded automatically, so runs behave the same online and offline.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
 
-from ssm.data.digits import _quiet_tfds
+from ssm.data.build import prepare_builder
 
 
 class MissingDataError(FileNotFoundError):
@@ -76,14 +77,14 @@ def prepare(
     Raises:
         MissingDataError: the builder is not prepared and the release's files are missing.
     """
-    with _quiet_tfds():
-        builder = builder_cls(data_dir=data_dir, config=config, file_format="array_record")
-        if not builder.is_prepared():
-            folder = release.manual_dir(data_dir, manual_dir)
-            release.layout(folder)
-            download_config = tfds.download.DownloadConfig(manual_dir=str(folder))
-            builder.download_and_prepare(download_config=download_config)
-    return builder
+    folder = release.manual_dir(data_dir, manual_dir)
+    return prepare_builder(
+        builder_cls,
+        data_dir=data_dir,
+        config=config,
+        download_config=tfds.download.DownloadConfig(manual_dir=str(folder)),
+        check=functools.partial(release.layout, folder),
+    )
 
 
 class MappedSource:

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from ssm.data.digits import _quiet_tfds
+from ssm.data.build import prepare_builder
 from ssm.data.manual import MappedSource, Release
 from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
 
@@ -541,11 +541,7 @@ def pathfinder(
         seed=seed,
         manual_dir=manual_dir,
     )
-    with _quiet_tfds():
-        builder = Pathfinder(
-            data_dir=resolve_data_dir(data_dir), config=config, file_format="array_record"
-        )
-        builder.download_and_prepare()
+    builder = prepare_builder(Pathfinder, data_dir=resolve_data_dir(data_dir), config=config)
     spec = DatasetSpec(
         name="pathfinder",
         seq_len=resolution * resolution,

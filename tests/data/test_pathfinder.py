@@ -1,11 +1,6 @@
 """Pathfinder / Path-X: connectivity of the markers is the label, balance, determinism, TFDS,
 and reading LRA's release layout from manual_dir."""
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,35 +15,15 @@ SPLITS = ("train", "validation", "test")
 TINY = {"train": 64, "validation": 32, "test": 32}
 
 # Builds and reads Pathfinder in a fresh interpreter where `import tensorflow` fails.
-NO_TENSORFLOW_SCRIPT = textwrap.dedent(
-    """
-    import importlib.abc, importlib.machinery, json, sys
+NO_TENSORFLOW_BODY = """
+from ssm.data import get_dataset
 
-    class BlockTensorflow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "tensorflow":
-                return importlib.machinery.ModuleSpec(name, self)
-            return None
-
-        def create_module(self, spec):
-            raise ModuleNotFoundError(f"{spec.name} is blocked in this test")
-
-        def exec_module(self, module):
-            raise AssertionError("unreachable")
-
-    sys.meta_path.insert(0, BlockTensorflow())
-    from ssm.data import get_dataset
-
-    dataset = get_dataset("pathfinder", data_dir=sys.argv[1], size="tiny")
-    example = dataset.source("validation")[5]
-    print(json.dumps({
-        "sizes": {split: len(dataset.source(split)) for split in dataset.spec.splits},
-        "inputs": example["inputs"].ravel().tolist(),
-        "label": int(example["label"]),
-        "tensorflow_imported": "tensorflow" in sys.modules,
-    }))
-    """
-)
+dataset = get_dataset("pathfinder", data_dir=sys.argv[1], size="tiny")
+example = dataset.source("validation")[5]
+result["sizes"] = {split: len(dataset.source(split)) for split in dataset.spec.splits}
+result["inputs"] = example["inputs"].ravel().tolist()
+result["label"] = int(example["label"])
+"""
 
 
 def markers_joined(image: np.ndarray, markers: np.ndarray) -> bool:
@@ -122,16 +97,12 @@ def test_pathfinder_same_seed_gives_byte_identical_images_and_another_seed_diffe
     )
 
 
-def test_pathfinder_builds_array_record_and_reads_it_with_tensorflow_unimportable(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", NO_TENSORFLOW_SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["sizes"] == TINY and report["tensorflow_imported"] is False
+def test_pathfinder_builds_array_record_and_reads_it_with_tensorflow_unimportable(
+    tmp_path, run_without_tensorflow
+):
+    report = run_without_tensorflow(NO_TENSORFLOW_BODY, str(tmp_path))
+    assert report["sizes"] == TINY
+    assert report["tensorflow_imported"] is False and report["tensorflow_attempts"] == []
     image, label = pathfinder_example(32, 14, 64 + 5, seed=0)
     np.testing.assert_array_equal(as_image(np.array(report["inputs"]), 32), image)
     assert report["label"] == label
