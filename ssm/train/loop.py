@@ -201,11 +201,8 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
     if restored is not None:
         state = restored[1]
         print(f"resumed from step {restored[0]} in {checkpoints.directory}", flush=True)
-    step, total, per_epoch = (
-        int(state["step"]),
-        trainer.total_steps,
-        trainer.train_loader.steps_per_epoch,
-    )
+    step = int(state["step"])
+    total, per_epoch = trainer.total_steps, trainer.train_loader.steps_per_epoch
     metrics = MetricsWriter(
         out, tensorboard=tc.tensorboard, resume_step=step if tc.resume else None
     )
@@ -239,7 +236,6 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
                     checkpoints.save_latest(step, state)
                 if step == total:
                     break
-        bar.close()
         best_step, best_state = checkpoints.restore_best(state) or (step, state)
         results = {"step": step, "best_step": best_step}
         results.update(trainer.evaluate(best_state, "validation"))
