@@ -9,8 +9,10 @@ on the copied tokens (the ``label_mask`` positions). Writes ``selective_copying.
 each run's logs and checkpoints under ``DIR/<layer>/``.
 
 Each training example is seen once (``num_train = steps * batch_size``): the generator is the
-task's distribution, as in the paper. A time-invariant SSM (S4D) cannot select by content, so it
-stays far below the selective one (Mamba).
+task's distribution, as in the paper. There, after long training, Mamba solves the task (99.8%)
+and the time-invariant S4 does not (18.3%). On a 2-core CPU the default budget (about 13 minutes)
+is far shorter: both layers are still learning at its end, near the same accuracy; raise
+``--steps`` on faster hardware to see them part.
 """
 
 import argparse
@@ -26,11 +28,13 @@ from ssm.data import get_dataset
 from ssm.train import experiment_config, train
 from ssm.train.loop import build_model
 
-# Layer options per layer: Mamba with the paper's state size on the reference scan (the fastest
-# on CPU at this size); S4D with more state and output channels so its parameter count is close.
+# Per layer: its options and the learning rate of its SSM parameters. Mamba has the paper's
+# state size and runs the reference scan (the fastest on CPU at this size); its SSM parameters
+# learn fastest at a high rate here. S4D has more state and two output channels so its parameter
+# count is close to Mamba's, and the S4 recipe's SSM rate.
 LAYERS = {
-    "mamba": {"name": "mamba", "d_state": 16, "expand": 2, "impl": "reference"},
-    "s4d": {"name": "s4d", "d_state": 64, "channels": 2},
+    "mamba": ({"name": "mamba", "d_state": 16, "expand": 2, "impl": "reference"}, 3e-2),
+    "s4d": ({"name": "s4d", "d_state": 64, "channels": 2}, 1e-3),
 }
 
 
@@ -38,7 +42,7 @@ def raw_config(layer: str, args, out: pathlib.Path) -> dict:
     """The plain-mapping experiment config of one benchmark run."""
     return {
         "name": f"selective_copying/{layer}",
-        "layer": LAYERS[layer],
+        "layer": LAYERS[layer][0],
         "dataset": {
             "name": "selective_copying",
             "seq_len": args.seq_len,
@@ -57,7 +61,7 @@ def raw_config(layer: str, args, out: pathlib.Path) -> dict:
         },
         "optimizer": {
             "lr": args.lr,
-            "ssm_lr": args.lr,
+            "ssm_lr": LAYERS[layer][1],
             "weight_decay": 0.01,
             "grad_clip": 1.0,
         },
@@ -97,7 +101,8 @@ def run(layer: str, args, out: pathlib.Path) -> dict:
         "accuracy": results["test/accuracy"],
         "validation_accuracy": results["validation/accuracy"],
         "test_loss": results["test/loss"],
-        "layer_options": LAYERS[layer],
+        "layer_options": LAYERS[layer][0],
+        "ssm_lr": LAYERS[layer][1],
     }
 
 
@@ -113,11 +118,11 @@ def print_table(rows: list[dict]):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--d-model", type=int, default=32)
     parser.add_argument("--n-layers", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--num-eval", type=int, default=1000, help="validation and test examples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", nargs="+", choices=sorted(LAYERS), default=["mamba", "s4d"])
