@@ -5,8 +5,11 @@ annotations and defaults are the config schema). A ``Dataset`` has a ``spec`` an
 ``source(split)`` whose examples are dicts of numpy arrays:
 
 - ``inputs``: (l, d_input) float32 for real-valued inputs, or (l,) int32 tokens;
-- ``label``: int class index;
-- ``length`` (optional): int number of valid positions; absent means all ``l`` are valid.
+- ``label``: int class index, or (l,) int32 per-position targets (with ``pooling: none``);
+- ``label_mask`` (optional): (l,) bool, the positions whose targets count in the loss (e.g. the
+  answer positions of selective copying); absent means every valid position counts;
+- ``length`` (optional): int number of valid positions; absent means all ``l`` are valid
+  ((2,) for paired inputs).
 """
 
 import dataclasses
