@@ -1,5 +1,6 @@
 """The Hydra entry point: every preset composes, bad values fail clearly, multirun works."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,11 @@ def composed(overrides):
 
 
 def run_cli(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "experiments.train", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -97,11 +100,10 @@ def test_cli_unknown_layer_lists_the_available_layers():
 
 
 def test_multirun_sweep_gives_one_run_dir_with_its_own_metrics_per_value(tmp_path):
-    result = run_cli(
-        "-m", "optimizer.lr=1e-3,3e-3", "trainer.max_steps=4", f"hydra.sweep.dir={tmp_path}", *TINY
-    )
+    result = run_cli("-m", "optimizer.lr=1e-3,3e-3", "trainer.max_steps=4", *TINY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    runs = sorted(p.parent.name for p in tmp_path.glob("*/metrics.jsonl"))
+    sweep = tmp_path / "multirun" / "sequential" / "digits-s4d"
+    runs = sorted(p.parent.name for p in sweep.glob("*/*/metrics.jsonl"))
     assert len(runs) == 2
     assert runs[0].startswith("0_") and "optimizer.lr=0.001" in runs[0]
     assert runs[1].startswith("1_") and "optimizer.lr=0.003" in runs[1]
