@@ -87,10 +87,13 @@ def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str = "config"):
     return cls(**values)
 
 
-def options_dataclass(fn: Callable, name: str, skip: tuple[str, ...] = ()) -> type:
+def options_dataclass(
+    fn: Callable, name: str, skip: tuple[str, ...] = (), extra: tuple[tuple, ...] = ()
+) -> type:
     """A frozen dataclass of ``fn``'s keyword-only options (annotations and defaults kept).
 
-    Used so a layer's or dataset's constructor is the single source of its options.
+    Used so a layer's or dataset's constructor is the single source of its options; ``extra``
+    appends ``(name, type, field)`` entries that the caller handles itself.
     """
     hints = typing.get_type_hints(fn)
     fields = []
@@ -101,7 +104,7 @@ def options_dataclass(fn: Callable, name: str, skip: tuple[str, ...] = ()) -> ty
             fields.append((p.name, hints.get(p.name, Any)))
         else:
             fields.append((p.name, hints.get(p.name, Any), dataclasses.field(default=p.default)))
-    return dataclasses.make_dataclass(name, fields, frozen=True)
+    return dataclasses.make_dataclass(name, [*fields, *extra], frozen=True)
 
 
 def options_of(config) -> dict[str, Any]:

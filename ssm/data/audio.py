@@ -5,7 +5,8 @@ Registered dataset ``speech_commands`` (option ``num_classes``: 10 or 35). Examp
 are shorter than one second); ``label``, the word's index in ``WORDS[num_classes]``. SC10 is the
 10 command words (yes, no, up, down, left, right, on, off, stop, go); SC35 all 35 words, sorted.
 Splits follow the release's ``validation_list.txt`` and ``testing_list.txt``; the rest is train.
-Each class set is its own TFDS builder config.
+Each class set is its own TFDS builder config. The release is read from ``manual_dir``; with
+``download=True`` it is first downloaded and extracted there if missing (see ``ssm.data.manual``).
 """
 
 import dataclasses
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from scipy.io import wavfile
 
-from ssm.data.manual import MappedSource, Release, prepare
+from ssm.data.manual import MappedSource, Release, RemoteFile, prepare
 from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
 
 SAMPLE_RATE = 16000
@@ -43,6 +44,12 @@ SPEECH_COMMANDS = Release(
     layouts=((f"{FOLDER}/validation_list.txt", f"{FOLDER}/testing_list.txt"),),
     hint=f"extract it: mkdir -p {{manual_dir}}/{FOLDER} && tar -xzf {FOLDER}.tar.gz -C "
     f"{{manual_dir}}/{FOLDER}",
+    files=(
+        RemoteFile(
+            "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz",
+            extract=(("", FOLDER),),  # the archive has no top folder
+        ),
+    ),
 )
 
 
@@ -124,6 +131,7 @@ def speech_commands(
     *,
     data_dir: str | None = None,
     manual_dir: str | None = None,
+    download: bool = False,
     num_classes: Literal[10, 35] = 10,
 ) -> Dataset:
     """Speech Commands (SC10 or SC35) as raw waveforms, (16000, 1).
@@ -132,6 +140,8 @@ def speech_commands(
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
         manual_dir: folder holding the extracted ``speech_commands_v0.02/``; None means
             ``<data_dir>/manual/speech_commands``.
+        download: if the dataset is not prepared and manual_dir lacks the files, download the
+            archive (2.3 GB) and extract it into manual_dir; False never touches the network.
         num_classes: 10 (the command words) or 35 (all words).
     """
     builder = prepare(
@@ -139,6 +149,7 @@ def speech_commands(
         SPEECH_COMMANDS,
         data_dir=resolve_data_dir(data_dir),
         manual_dir=manual_dir,
+        download=download,
         config=f"sc{num_classes}",
     )
     spec = DatasetSpec(

@@ -13,6 +13,9 @@ Registered datasets; examples are ``inputs`` (l, d) float32 and ``label`` (no ``
 Splits: validation is the last 10% of the stored training set (TFDS shuffles examples by key
 when it writes them, so this is a fixed random 10%): CIFAR-10 45,000/5,000/10,000 and MNIST
 54,000/6,000/10,000 for train/validation/test.
+
+The releases are read from ``manual_dir``; with ``download=True`` missing files are first
+downloaded there (see ``ssm.data.manual``).
 """
 
 import functools
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ssm.data.manual import MappedSource, Release, prepare
+from ssm.data.manual import MappedSource, Release, RemoteFile, prepare
 from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
 
 SPLITS = ("train", "validation", "test")
@@ -44,6 +47,7 @@ CIFAR10 = Release(
         + ("cifar-10-batches-py/test_batch",),
     ),
     hint="put the archive (or its extracted cifar-10-batches-py/ folder) there",
+    files=(RemoteFile("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),),
 )
 CIFAR10_CLASSES = [
     *("airplane", "automobile", "bird", "cat", "deer"),
@@ -67,6 +71,11 @@ MNIST = Release(
         tuple(name for pair in _MNIST_FILES.values() for name in pair),
     ),
     hint="put them there, gzipped or not",
+    files=tuple(
+        RemoteFile(f"https://ossci-datasets.s3.amazonaws.com/mnist/{name}.gz")
+        for pair in _MNIST_FILES.values()
+        for name in pair
+    ),
 )
 PSMNIST_SEED = 92916  # the permutation seed other psMNIST works use (noted in state-spaces)
 
@@ -214,50 +223,76 @@ def _spec(name: str, seq_len: int, d_input: int) -> DatasetSpec:
     )
 
 
-def _cifar10(data_dir: str | None, manual_dir: str | None):
+def _cifar10(data_dir: str | None, manual_dir: str | None, download: bool):
     return prepare(
-        Cifar10Release, CIFAR10, data_dir=resolve_data_dir(data_dir), manual_dir=manual_dir
+        Cifar10Release,
+        CIFAR10,
+        data_dir=resolve_data_dir(data_dir),
+        manual_dir=manual_dir,
+        download=download,
     )
 
 
-def _mnist(data_dir: str | None, manual_dir: str | None):
-    return prepare(MnistRelease, MNIST, data_dir=resolve_data_dir(data_dir), manual_dir=manual_dir)
+def _mnist(data_dir: str | None, manual_dir: str | None, download: bool):
+    return prepare(
+        MnistRelease,
+        MNIST,
+        data_dir=resolve_data_dir(data_dir),
+        manual_dir=manual_dir,
+        download=download,
+    )
 
 
 @register_dataset("cifar_gray")
-def cifar_gray(*, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
+def cifar_gray(
+    *, data_dir: str | None = None, manual_dir: str | None = None, download: bool = False
+) -> Dataset:
     """LRA Image: grayscale CIFAR-10 pixel by pixel, (1024, 1).
 
     Args:
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
         manual_dir: folder with ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/``; None
             means ``<data_dir>/manual/cifar10``.
+        download: if the dataset is not prepared and manual_dir lacks the files, download the
+            archive (170 MB) into manual_dir; False never touches the network.
     """
-    return _dataset(_cifar10(data_dir, manual_dir), _gray_example, _spec("cifar_gray", 1024, 1))
+    return _dataset(
+        _cifar10(data_dir, manual_dir, download), _gray_example, _spec("cifar_gray", 1024, 1)
+    )
 
 
 @register_dataset("scifar")
-def scifar(*, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
+def scifar(
+    *, data_dir: str | None = None, manual_dir: str | None = None, download: bool = False
+) -> Dataset:
     """Sequential CIFAR-10 in colour pixel by pixel, (1024, 3).
 
     Args:
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
         manual_dir: folder with ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/``; None
             means ``<data_dir>/manual/cifar10``.
+        download: if the dataset is not prepared and manual_dir lacks the files, download the
+            archive (170 MB) into manual_dir; False never touches the network.
     """
-    return _dataset(_cifar10(data_dir, manual_dir), _colour_example, _spec("scifar", 1024, 3))
+    return _dataset(
+        _cifar10(data_dir, manual_dir, download), _colour_example, _spec("scifar", 1024, 3)
+    )
 
 
 @register_dataset("smnist")
-def smnist(*, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
+def smnist(
+    *, data_dir: str | None = None, manual_dir: str | None = None, download: bool = False
+) -> Dataset:
     """Sequential MNIST pixel by pixel, (784, 1).
 
     Args:
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
         manual_dir: folder with the four MNIST idx files; None means ``<data_dir>/manual/mnist``.
+        download: if the dataset is not prepared and manual_dir lacks the files, download the
+            four gzipped idx files (11 MB) into manual_dir; False never touches the network.
     """
     fn = functools.partial(_mnist_example, permutation=None)
-    return _dataset(_mnist(data_dir, manual_dir), fn, _spec("smnist", 784, 1))
+    return _dataset(_mnist(data_dir, manual_dir, download), fn, _spec("smnist", 784, 1))
 
 
 @register_dataset("psmnist")
@@ -265,6 +300,7 @@ def psmnist(
     *,
     data_dir: str | None = None,
     manual_dir: str | None = None,
+    download: bool = False,
     permutation_seed: int = PSMNIST_SEED,
 ) -> Dataset:
     """Permuted sequential MNIST: pixels in one fixed random order, (784, 1).
@@ -272,8 +308,10 @@ def psmnist(
     Args:
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
         manual_dir: folder with the four MNIST idx files; None means ``<data_dir>/manual/mnist``.
+        download: if the dataset is not prepared and manual_dir lacks the files, download the
+            four gzipped idx files (11 MB) into manual_dir; False never touches the network.
         permutation_seed: seed of ``np.random.RandomState(seed).permutation(784)``.
     """
     permutation = np.random.RandomState(permutation_seed).permutation(784)
     fn = functools.partial(_mnist_example, permutation=permutation)
-    return _dataset(_mnist(data_dir, manual_dir), fn, _spec("psmnist", 784, 1))
+    return _dataset(_mnist(data_dir, manual_dir, download), fn, _spec("psmnist", 784, 1))

@@ -1,25 +1,59 @@
-"""Datasets built from files the user downloads into a ``manual_dir``.
+"""Datasets built from a release's files in a ``manual_dir``, downloaded there only on request.
 
-Each such dataset names a ``Release``: where to download it and the file layouts accepted in its
-``manual_dir`` (default ``<data_dir>/manual/<release name>``). The TFDS builder is prepared from
-those files once; without them ``prepare`` raises ``MissingDataError``, whose one-line message
-names the dataset, the files expected, the folder looked in and the download URL. Nothing is
-downloaded automatically, so runs behave the same online and offline.
+Each such dataset names a ``Release``: where to download it, the file layouts accepted in its
+``manual_dir`` (default ``<data_dir>/manual/<release name>``) and the files it is made of. The TFDS
+builder is prepared from those files once. Offline first: nothing is downloaded unless the dataset
+option ``download`` is true, so by default runs behave the same online and offline. Without the
+files ``prepare`` raises ``MissingDataError``, whose one-line message names the dataset, the files
+expected, the folder looked in, the download URL and, where the release can be fetched,
+``dataset.download=true``. With ``download=True``, missing files are fetched by TFDS's download
+manager (plain http; TensorFlow is not needed) into ``<data_dir>/downloads/<release name>``, moved
+or extracted into the layout of ``manual_dir`` that the builder reads, and the download folder is
+removed; files already in ``manual_dir``, or a builder already prepared, mean no download.
 """
 
+import contextlib
 import dataclasses
-import functools
+import shutil
+import tarfile
+import urllib.parse
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import tensorflow_datasets as tfds
+from absl import logging
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from ssm.data.build import prepare_builder
+
+STAGING = ".download"  # folder of manual_dir where a fetch is assembled before it is moved in
 
 
 class MissingDataError(FileNotFoundError):
     """A downloaded release is missing; the message says what to download and where to put it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    """A file a release is made of, and where it goes in ``manual_dir``.
+
+    Attributes:
+        url: where to download it.
+        extract: empty: the file is kept as it is, named as the last part of its URL. Otherwise it
+            is a tar archive (any compression) and these pairs ``(member, destination)`` of
+            relative paths say what to take from it: ``("", folder)`` extracts every file into
+            ``folder``; ``(path, file)`` extracts as ``file`` the member whose path is ``path`` or
+            ends with ``/path``. A leading ``./`` of member paths is ignored.
+    """
+
+    url: str
+    extract: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The last part of the URL's path."""
+        return PurePosixPath(urllib.parse.urlparse(self.url).path).name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +63,11 @@ class Release:
     Attributes:
         name: folder under ``<data_dir>/manual`` that is the default ``manual_dir``.
         title: human name of the release, used in messages.
-        url: where to download it.
+        url: where to download it (by hand).
         layouts: alternatives, each the paths (relative to ``manual_dir``) that must all exist.
         hint: what to do with the download, e.g. how to extract it; ``{manual_dir}`` is filled in.
+        files: what ``fetch`` downloads, giving the first layout; empty means the release is not
+            downloaded automatically.
     """
 
     name: str
@@ -39,6 +75,7 @@ class Release:
     url: str
     layouts: tuple[tuple[str, ...], ...]
     hint: str = "put it there"
+    files: tuple[RemoteFile, ...] = ()
 
     def manual_dir(self, data_dir: str, manual_dir: str | None = None) -> Path:
         """``manual_dir``, else ``<data_dir>/manual/<name>``."""
@@ -54,14 +91,142 @@ class Release:
         for index, paths in enumerate(self.layouts):
             if all((manual_dir / path).exists() for path in paths):
                 return index
+        fetch = "; or set dataset.download=true to download it there" if self.files else ""
+        raise MissingDataError(
+            f"{self.title} not found: {self._expected(manual_dir)}; download {self.url} and "
+            f"{self.hint.format(manual_dir=manual_dir)} (or set dataset.manual_dir){fetch}"
+        )
+
+    def _expected(self, manual_dir: Path) -> str:
         alternatives = [
             paths[0] if len(paths) == 1 else f"[{', '.join(paths)}]" for paths in self.layouts
         ]
-        raise MissingDataError(
-            f"{self.title} not found: expected {' or '.join(alternatives)} in manual_dir "
-            f"{manual_dir}; download {self.url} and {self.hint.format(manual_dir=manual_dir)} "
-            "(or set dataset.manual_dir)"
-        )
+        return f"expected {' or '.join(alternatives)} in manual_dir {manual_dir}"
+
+    def fetch(self, manual_dir: Path, download_dir: Path) -> int:
+        """Downloads ``files`` into ``download_dir`` and moves or extracts them into ``manual_dir``.
+
+        The files are assembled in ``<manual_dir>/.download`` and moved into place only when all
+        are there; ``download_dir`` is removed afterwards. If extracting fails it is kept, so that
+        a rerun does not download again (delete it if the archive is corrupt).
+
+        Returns:
+            the index of the layout the files gave (see ``layout``).
+
+        Raises:
+            MissingDataError: the release is not downloadable, the download failed, or it did not
+                give the files of a layout.
+        """
+        manual_dir, download_dir = Path(manual_dir), Path(download_dir)
+        if not self.files:
+            raise MissingDataError(
+                f"{self.title} cannot be downloaded automatically: {self._expected(manual_dir)}; "
+                f"download {self.url} and {self.hint.format(manual_dir=manual_dir)}"
+            )
+        urls = [file.url for file in self.files]
+        with _progress():
+            manager = tfds.download.DownloadManager(download_dir=download_dir)
+            try:
+                paths = manager.download(urls)
+            except Exception as error:  # network, HTTP status, checksum: all mean "do it by hand"
+                shutil.rmtree(download_dir, ignore_errors=True)  # partial downloads don't resume
+                reason = " ".join(f"{type(error).__name__}: {error}".split())
+                raise MissingDataError(
+                    f"{self.title}: downloading {self.url} failed ({reason}); "
+                    f"{self._expected(manual_dir)}: download it by hand and "
+                    f"{self.hint.format(manual_dir=manual_dir)}"
+                ) from error
+            staging = manual_dir / STAGING
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            try:
+                for file, path in zip(self.files, paths, strict=True):
+                    if file.extract:
+                        logging.info("Extracting %s into %s", file.name, manual_dir)
+                        _extract(Path(path), file.extract, staging, file.url)
+                    else:
+                        shutil.move(path, staging / file.name)
+                for entry in sorted(staging.iterdir()):
+                    _move_into(entry, manual_dir / entry.name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(download_dir, ignore_errors=True)
+        try:
+            return self.layout(manual_dir)
+        except MissingDataError:
+            raise MissingDataError(
+                f"{self.title}: the download of {', '.join(urls)} did not give the files "
+                f"expected: {self._expected(manual_dir)}"
+            ) from None
+
+
+@contextlib.contextmanager
+def _progress():
+    """Shows TFDS's download progress bars and absl info logs (hidden while preparing)."""
+    bars, verbosity = tqdm_utils._active, logging.get_verbosity()
+    tfds.display_progress_bar(True)
+    logging.set_verbosity(logging.INFO)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(bars)
+        logging.set_verbosity(verbosity)
+
+
+def _member_path(name: str) -> PurePosixPath:
+    """A tar member's name as a relative path without ``.`` parts; unsafe names raise."""
+    parts = [part for part in PurePosixPath(name).parts if part != "."]
+    if name.startswith("/") or ".." in parts:
+        raise ValueError(f"unsafe path {name!r} in archive")
+    return PurePosixPath(*parts)
+
+
+def _extract(archive: Path, pairs: tuple[tuple[str, str], ...], root: Path, url: str) -> None:
+    """Extracts from ``archive`` (downloaded from ``url``) into ``root`` the files ``pairs`` select
+    (see ``RemoteFile.extract``).
+
+    Reads the archive as a stream, stopping once every named member is found (unless every file
+    is extracted).
+    """
+    folders = [PurePosixPath(dest) for member, dest in pairs if not member]
+    named = {member: PurePosixPath(dest) for member, dest in pairs if member}
+    found = set()
+    with tarfile.open(archive, "r|*") as tar:
+        for member in tar:
+            if member.isdir():  # kept (even if empty) where every file is extracted
+                for folder in folders:
+                    (root / folder / _member_path(member.name)).mkdir(parents=True, exist_ok=True)
+            if not member.isfile():
+                continue
+            path = _member_path(member.name)
+            targets = [folder / path for folder in folders]
+            for name, dest in named.items():
+                if path.as_posix() == name or path.as_posix().endswith("/" + name):
+                    targets.append(dest)
+                    found.add(name)
+            if targets:
+                first, *others = (root / target for target in targets)
+                first.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as source, open(first, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+                for other in others:
+                    other.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(first, other)
+            if not folders and found == set(named):
+                break
+    missing = sorted(set(named) - found)
+    if missing:
+        raise MissingDataError(f"{archive} (from {url}) lacks {', '.join(missing)}")
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Moves ``source`` to ``target``, merging folders into folders that already exist."""
+    if source.is_dir() and target.is_dir():
+        for child in sorted(source.iterdir()):
+            _move_into(child, target / child.name)
+        source.rmdir()
+    else:
+        source.replace(target)
 
 
 def prepare(
@@ -71,19 +236,39 @@ def prepare(
     data_dir: str,
     manual_dir: str | None,
     config: tfds.core.BuilderConfig | str | None = None,
+    download: bool = False,
 ) -> tfds.core.GeneratorBasedBuilder:
     """The builder, prepared as array_record from the release's files unless already prepared.
 
+    Args:
+        builder_cls: the TFDS builder, reading the release's files from its ``manual_dir``.
+        release: the files it reads.
+        data_dir: TFDS data directory.
+        manual_dir: folder of the release's files; None means ``<data_dir>/manual/<name>``.
+        config: builder config (or its name); None means the builder's default.
+        download: fetch the release's files (``Release.fetch``) when the builder is not prepared
+            and they are missing; downloads go to ``<data_dir>/downloads/<name>``.
+
     Raises:
-        MissingDataError: the builder is not prepared and the release's files are missing.
+        MissingDataError: the builder is not prepared and the release's files are missing (and
+            not downloaded: ``download`` false, or the download failed).
     """
     folder = release.manual_dir(data_dir, manual_dir)
+
+    def check() -> None:
+        try:
+            release.layout(folder)
+        except MissingDataError:
+            if not download:
+                raise
+            release.fetch(folder, Path(data_dir).expanduser() / "downloads" / release.name)
+
     return prepare_builder(
         builder_cls,
         data_dir=data_dir,
         config=config,
         download_config=tfds.download.DownloadConfig(manual_dir=str(folder)),
-        check=functools.partial(release.layout, folder),
+        check=check,
     )
 
 

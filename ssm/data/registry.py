@@ -13,9 +13,10 @@ annotations and defaults are the config schema). A ``Dataset`` has a ``spec`` an
 """
 
 import dataclasses
+import inspect
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ssm.config import from_mapping, options_dataclass, options_of
 from ssm.registry import Registry
@@ -88,13 +89,61 @@ def resolve_data_dir(data_dir: str | None) -> str:
     return os.path.expanduser(data_dir)
 
 
+# Examples per split at each ``size``: None keeps every example. Datasets whose factory takes a
+# ``size`` option (the generated LRA tasks) build that size themselves; the others are cut to the
+# first examples of each split, so any preset can run quickly with ``dataset.size=small``.
+SIZES = {"full": None, "small": {"train": 2_000}, "tiny": {"train": 64}}
+SMALL_EVAL = {"small": 200, "tiny": 16}  # every split other than train
+Size = Literal["full", "small", "tiny"]
+
+
+class Subset:
+    """The first ``size`` examples of a random-access source."""
+
+    def __init__(self, source, size: int):
+        self.source, self.size = source, min(size, len(source))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -self.size <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} examples")
+        return self.source[index % self.size]
+
+
+def _builds_own_size(fn: Callable) -> bool:
+    return "size" in inspect.signature(fn).parameters
+
+
 def dataset_options_class(name: str) -> type:
-    """The frozen dataclass of the named dataset's options (checked at config time)."""
+    """The frozen dataclass of the named dataset's options (checked at config time).
+
+    Every dataset has a ``size`` option (full | small | tiny), its factory's or the generic one.
+    """
+    fn = DATASETS.get(name)
     class_name = name.title().replace("_", "") + "Options"
-    return options_dataclass(DATASETS.get(name), class_name)
+    extra = () if _builds_own_size(fn) else (("size", Size, dataclasses.field(default="full")),)
+    return options_dataclass(fn, class_name, extra=extra)
+
+
+def subset(dataset: Dataset, size: str) -> Dataset:
+    """``dataset`` with each split cut to its first examples: 2,000 / 200 for ``small``
+    (train / others), 64 / 16 for ``tiny``; ``full`` returns it unchanged."""
+    if size not in SIZES:
+        raise ValueError(f"unknown dataset size {size!r}; valid: {', '.join(SIZES)}")
+    if SIZES[size] is None:
+        return dataset
+    caps = {split: SIZES[size].get(split, SMALL_EVAL[size]) for split in dataset.spec.splits}
+    sources = {split: Subset(dataset.source(split), caps[split]) for split in dataset.spec.splits}
+    return Dataset(dataset.spec, sources)
 
 
 def get_dataset(name: str, **options) -> Dataset:
     """Build the named dataset; options are checked against its factory's signature."""
     config = from_mapping(dataset_options_class(name), options, where="dataset")
-    return DATASETS.get(name)(**options_of(config))
+    fn, kwargs = DATASETS.get(name), options_of(config)
+    if _builds_own_size(fn):
+        return fn(**kwargs)
+    size = kwargs.pop("size")
+    return subset(fn(**kwargs), size)

@@ -11,6 +11,9 @@ does: token = byte + 1 (vocabulary 257), so 0 is padding; each document is cut t
   citation. ``inputs`` (2, l) int32 tokens, the two documents each cut to max_len (4000) and
   zero-padded to l, the longer of their lengths; ``length`` (2,) int32 of the two lengths. Splits
   train/validation/test are LRA's ``new_aan_pairs.{train,eval,test}.tsv``. Its spec is ``paired``.
+
+The releases are read from ``manual_dir``; with ``download=True`` missing files are first
+downloaded there (see ``ssm.data.manual``; for AAN that is LRA's whole ~7 GB release).
 """
 
 import functools
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ssm.data.manual import MappedSource, Release, prepare
+from ssm.data.manual import MappedSource, Release, RemoteFile, prepare
 from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
 
 VOCAB_SIZE = 257  # 256 bytes shifted by one; token 0 is padding
@@ -38,15 +41,24 @@ IMDB = Release(
         ),
     ),
     hint="put the archive (or its extracted aclImdb/ folder) there",
+    files=(RemoteFile("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"),),
 )
 _IMDB_FILE = re.compile(r"aclImdb/(train|test)/(neg|pos)/[^/]+\.txt")
 
+_AAN_TSVS = tuple(f"new_aan_pairs.{split}.tsv" for split in ("train", "eval", "test"))
 AAN = Release(
     name="aan",
     title="LRA Retrieval (AAN pairs)",
     url="https://storage.googleapis.com/long-range-arena/lra_release.gz",
-    layouts=(tuple(f"new_aan_pairs.{split}.tsv" for split in ("train", "eval", "test")),),
+    layouts=(_AAN_TSVS,),
     hint="copy the three files from its lra_release/lra_release/tsv_data/ there",
+    # The whole LRA release (~7 GB), of which only the three TSVs are extracted.
+    files=(
+        RemoteFile(
+            "https://storage.googleapis.com/long-range-arena/lra_release.gz",
+            extract=tuple((f"tsv_data/{name}", name) for name in _AAN_TSVS),
+        ),
+    ),
 )
 _AAN_FILES = {"train": "train", "validation": "eval", "test": "test"}
 
@@ -168,17 +180,27 @@ def _aan_example(example: dict, max_len: int) -> dict:
 
 
 @register_dataset("imdb")
-def imdb(*, data_dir: str | None = None, manual_dir: str | None = None, max_len: int = 4096):
+def imdb(
+    *,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    download: bool = False,
+    max_len: int = 4096,
+):
     """LRA Text: IMDB reviews as byte tokens, built from the downloaded release on first use.
 
     Args:
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
         manual_dir: folder with ``aclImdb_v1.tar.gz`` or ``aclImdb/``; None means
             ``<data_dir>/manual/imdb``.
+        download: if the dataset is not prepared and manual_dir lacks the files, download the
+            archive (84 MB) into manual_dir; False never touches the network.
         max_len: l, bytes kept from the start of each review.
     """
     data_dir = resolve_data_dir(data_dir)
-    builder = prepare(ImdbRelease, IMDB, data_dir=data_dir, manual_dir=manual_dir)
+    builder = prepare(
+        ImdbRelease, IMDB, data_dir=data_dir, manual_dir=manual_dir, download=download
+    )
     fn = functools.partial(_imdb_example, max_len=max_len)
     stored = builder.as_data_source()
     sources = {split: MappedSource(stored[split], fn) for split in ("train", "test")}
@@ -194,17 +216,26 @@ def imdb(*, data_dir: str | None = None, manual_dir: str | None = None, max_len:
 
 
 @register_dataset("aan")
-def aan(*, data_dir: str | None = None, manual_dir: str | None = None, max_len: int = 4000):
+def aan(
+    *,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    download: bool = False,
+    max_len: int = 4000,
+):
     """LRA Retrieval: pairs of AAN papers as byte tokens (a two-tower, ``paired`` dataset).
 
     Args:
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
         manual_dir: folder with ``new_aan_pairs.{train,eval,test}.tsv``; None means
             ``<data_dir>/manual/aan``.
+        download: if the dataset is not prepared and manual_dir lacks the files, download LRA's
+            whole release (~7 GB, its only source) and extract the three TSVs into manual_dir;
+            False never touches the network.
         max_len: l, bytes kept from the start of each document.
     """
     data_dir = resolve_data_dir(data_dir)
-    builder = prepare(AanRelease, AAN, data_dir=data_dir, manual_dir=manual_dir)
+    builder = prepare(AanRelease, AAN, data_dir=data_dir, manual_dir=manual_dir, download=download)
     fn = functools.partial(_aan_example, max_len=max_len)
     spec = DatasetSpec(
         name="aan",

@@ -1,11 +1,15 @@
-"""Fixtures of the data tests: running a script in an interpreter where tensorflow is blocked."""
+"""Fixtures of the data tests: running a script in an interpreter where tensorflow is blocked,
+and downloads served from local files."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import tensorflow_datasets as tfds
 
 # Makes `import tensorflow` fail as if it were not installed, recording every attempt; checks that
 # it does, then forgets that first attempt.
@@ -64,3 +68,32 @@ def _run_without_tensorflow(body: str, *args: str) -> dict:
 def run_without_tensorflow():
     """``run_without_tensorflow(body, *args) -> dict``: see ``_run_without_tensorflow``."""
     return _run_without_tensorflow
+
+
+@pytest.fixture
+def fake_download(monkeypatch):
+    """``fake_download(files) -> calls``: makes ``tfds.download.DownloadManager.download`` copy
+    ``files[url]`` (a local path) into the manager's download folder, under a name unlike the
+    URL's as TFDS's own are, instead of fetching ``url``; a URL not in ``files`` raises
+    ``ConnectionError`` as offline. ``calls`` collects the list of URLs of each call.
+    """
+
+    def install(files: dict[str, Path]) -> list[list[str]]:
+        calls = []
+
+        def download(self, url_or_urls):
+            urls = [url_or_urls] if isinstance(url_or_urls, str) else list(url_or_urls)
+            calls.append(urls)
+            paths = []
+            for index, url in enumerate(urls):
+                if url not in files:
+                    raise ConnectionError(f"no network in tests: {url}")
+                path = Path(self.download_dir) / f"download_{index}.bin"
+                shutil.copyfile(files[url], path)
+                paths.append(path)
+            return paths[0] if isinstance(url_or_urls, str) else paths
+
+        monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+        return calls
+
+    return install

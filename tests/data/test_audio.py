@@ -1,5 +1,8 @@
 """Speech Commands (SC10, SC35) built from a tiny fake v0.02 release in its real folder layout."""
 
+import shutil
+import tarfile
+
 import numpy as np
 import pytest
 from scipy.io import wavfile
@@ -9,6 +12,7 @@ from ssm.data.audio import WORDS
 from ssm.data.manual import MissingDataError
 
 SPLITS = ("train", "validation", "test")
+URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 # (word/file, number of samples, split): 12 clips, one shorter than a second, 4 of other words.
 CLIPS = [
     ("yes/0a7c2a8d_nohash_0.wav", 16000, "train"),
@@ -131,7 +135,8 @@ def test_clip_at_another_sample_rate_is_a_value_error_naming_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("num_classes", [10, 35])
-def test_missing_release_error_names_files_manual_dir_and_url(tmp_path, num_classes):
+def test_missing_release_error_names_files_manual_dir_and_url(tmp_path, fake_download, num_classes):
+    calls = fake_download({})
     with pytest.raises(FileNotFoundError) as error:
         get_dataset("speech_commands", data_dir=str(tmp_path), num_classes=num_classes)
     message = str(error.value)
@@ -140,6 +145,32 @@ def test_missing_release_error_names_files_manual_dir_and_url(tmp_path, num_clas
     assert "speech_commands_v0.02/validation_list.txt" in message
     assert "speech_commands_v0.02/testing_list.txt" in message
     assert "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz" in message
+    assert "set dataset.download=true" in message and calls == []  # offline by default
+
+
+def test_download_extracts_the_missing_release_into_its_folder_once(tmp_path, dirs, fake_download):
+    server = tmp_path / "server"
+    write_speech_commands(server)
+    with tarfile.open(server / "release.tar.gz", "w:gz") as tar:  # no top folder, as the real one
+        tar.add(server / "speech_commands_v0.02", arcname=".")
+    calls = fake_download({URL: server / "release.tar.gz"})
+    data_dir, manual_dir = str(tmp_path / "tfds"), tmp_path / "manual"
+    downloaded = get_dataset(
+        "speech_commands", data_dir=data_dir, manual_dir=str(manual_dir), download=True
+    )
+    assert calls == [[URL]]
+    assert [p.name for p in manual_dir.iterdir()] == ["speech_commands_v0.02"]
+    extracted = sorted(p.relative_to(manual_dir) for p in manual_dir.rglob("*"))
+    by_hand = sorted(p.relative_to(server) for p in server.rglob("*") if p.suffix != ".gz")
+    assert extracted == by_hand
+    expected = get_dataset("speech_commands", data_dir=dirs[0], manual_dir=dirs[1])
+    for split in SPLITS:
+        assert read_split(downloaded, split) == read_split(expected, split), split
+    options = dict(data_dir=data_dir, manual_dir=str(manual_dir), download=True)
+    get_dataset("speech_commands", num_classes=35, **options)  # files there: no download
+    shutil.rmtree(manual_dir)
+    get_dataset("speech_commands", num_classes=10, **options)  # prepared: no download
+    assert len(calls) == 1
 
 
 def test_audio_builder_round_trips_with_tensorflow_unimportable(tmp_path, run_without_tensorflow):

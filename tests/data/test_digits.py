@@ -129,7 +129,7 @@ def test_unknown_dataset_is_a_value_error_naming_valid_datasets():
 
 def test_digits_options_class_mirrors_factory_keywords_and_rejects_unknown_keys(tmp_path):
     fields = {f.name: f.default for f in dataclasses.fields(dataset_options_class("digits"))}
-    assert fields == {"data_dir": None, "split_seed": 0}
+    assert fields == {"data_dir": None, "split_seed": 0, "size": "full"}
     with pytest.raises(ConfigError, match="unknown key dataset.seed; valid keys .*split_seed"):
         get_dataset("digits", data_dir=str(tmp_path), seed=1)
     with pytest.raises(ConfigError, match="dataset.split_seed"):

@@ -4,6 +4,7 @@ import gzip
 import pickle
 import struct
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,12 @@ MNIST_TRAIN = RNG.integers(0, 256, (20, 28, 28), dtype=np.uint8)
 MNIST_TEST = RNG.integers(0, 256, (5, 28, 28), dtype=np.uint8)
 MNIST_TRAIN_LABELS = (np.arange(20) * 7) % 10
 MNIST_TEST_LABELS = np.array([9, 2, 6, 5, 3])
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/{name}"
+MNIST_NAMES = (
+    *("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    *("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
 
 # Builds and reads in a fresh interpreter where `import tensorflow` fails as if not installed.
 NO_TENSORFLOW_BODY = """
@@ -34,6 +41,25 @@ from ssm.data import get_dataset
 for name in ("cifar_gray", "psmnist"):
     source = get_dataset(name, data_dir=sys.argv[1]).source("test")
     result[name] = [source[i]["inputs"].tolist() for i in range(len(source))]
+"""
+
+# Downloads MNIST with TFDS's real download manager from a local HTTP server (sys.argv[2]) in a
+# fresh interpreter where `import tensorflow` fails, and reads it.
+NO_TENSORFLOW_DOWNLOAD_BODY = """
+import dataclasses, functools, http.server, os, threading
+from ssm.data import get_dataset, images
+from ssm.data.manual import RemoteFile
+
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1"
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+base = f"http://127.0.0.1:{server.server_address[1]}"
+files = tuple(RemoteFile(f"{base}/{file.name}") for file in images.MNIST.files)
+images.MNIST = dataclasses.replace(images.MNIST, files=files)
+source = get_dataset("smnist", data_dir=sys.argv[1], download=True).source("test")
+result["smnist"] = [source[i]["inputs"].tolist() for i in range(len(source))]
+server.shutdown()
 """
 
 
@@ -248,13 +274,92 @@ def test_image_datasets_batch_through_the_loader(mnist_dirs):
         ),
     ],
 )
-def test_missing_release_error_names_files_manual_dir_and_url(tmp_path, name, release, files, url):
+def test_missing_release_error_names_files_manual_dir_and_url(
+    tmp_path, fake_download, name, release, files, url
+):
+    calls = fake_download({})
     with pytest.raises(FileNotFoundError) as error:
         get_dataset(name, data_dir=str(tmp_path))
     message = str(error.value)
     assert isinstance(error.value, MissingDataError) and "\n" not in message
     assert f"manual_dir {tmp_path / 'manual' / release};" in message
     assert all(file in message for file in files) and url in message
+    assert "set dataset.download=true" in message and calls == []  # offline by default
+
+
+def cifar_release(root) -> dict[str, Path]:
+    """URL -> local file of a fake CIFAR-10 release."""
+    write_cifar10(root, archive=True)
+    return {CIFAR_URL: root / "cifar-10-python.tar.gz"}
+
+
+def mnist_release(root) -> dict[str, Path]:
+    """URL -> local file of a fake MNIST release (four gzipped idx files)."""
+    write_mnist(root, gzipped=True)
+    return {MNIST_URL.format(name=path.name): path for path in root.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "name, write, fixture, release, urls, stored",
+    [
+        (
+            "cifar_gray",
+            cifar_release,
+            "cifar_dirs",
+            "cifar10",
+            [CIFAR_URL],
+            ["cifar-10-python.tar.gz"],
+        ),
+        (
+            "psmnist",
+            mnist_release,
+            "mnist_dirs",
+            "mnist",
+            [MNIST_URL.format(name=f"{name}.gz") for name in MNIST_NAMES],
+            sorted(f"{name}.gz" for name in MNIST_NAMES),
+        ),
+    ],
+)
+def test_download_fetches_the_missing_release_into_manual_dir_once(
+    tmp_path, request, fake_download, name, write, fixture, release, urls, stored
+):
+    calls = fake_download(write(tmp_path / "server"))
+    data_dir, manual_dir = str(tmp_path / "tfds"), tmp_path / "manual"
+    downloaded = get_dataset(name, data_dir=data_dir, manual_dir=str(manual_dir), download=True)
+    assert calls == [urls]
+    assert sorted(p.name for p in manual_dir.iterdir()) == stored
+    assert not list((tmp_path / "tfds" / "downloads").glob(f"{release}*"))  # staging removed
+    dirs = request.getfixturevalue(fixture)
+    by_hand = get_dataset(name, data_dir=dirs[0], manual_dir=dirs[1])
+    for split in SPLITS:
+        (inputs, labels), expected = read_all(downloaded, split), read_all(by_hand, split)
+        np.testing.assert_array_equal(inputs, expected[0])
+        np.testing.assert_array_equal(labels, expected[1])
+    for path in manual_dir.iterdir():  # prepared: no download even without the files
+        path.unlink()
+    get_dataset(name, data_dir=data_dir, manual_dir=str(manual_dir), download=True)
+    assert len(calls) == 1
+
+
+def test_download_is_skipped_when_manual_dir_has_the_files(tmp_path, fake_download):
+    calls = fake_download({})
+    write_mnist(tmp_path / "raw", gzipped=False)
+    dataset = get_dataset(
+        "smnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "raw"), download=True
+    )
+    assert calls == [] and len(dataset.source("test")) == 5
+
+
+def test_failed_download_is_a_missing_data_error_saying_what_to_do(tmp_path, fake_download):
+    fake_download({})  # offline
+    with pytest.raises(MissingDataError) as error:
+        get_dataset("scifar", data_dir=str(tmp_path), download=True)
+    message = str(error.value)
+    assert "\n" not in message and f"downloading {CIFAR_URL} failed (ConnectionError" in message
+    assert (
+        f"cifar-10-batches-py/test_batch] in manual_dir {tmp_path / 'manual' / 'cifar10'}"
+        in message
+    )
 
 
 def test_image_builders_round_trip_with_tensorflow_unimportable(tmp_path, run_without_tensorflow):
@@ -272,3 +377,17 @@ def test_image_builders_round_trip_with_tensorflow_unimportable(tmp_path, run_wi
     np.testing.assert_array_equal(sorted_rows(got), sorted_rows(expected))
     written = {p.name.split("-")[0] for p in tmp_path.rglob("*.array_record-*")}
     assert written == {"cifar10_release", "mnist_release"}
+
+
+def test_download_with_tfds_download_manager_works_without_tensorflow(
+    tmp_path, run_without_tensorflow
+):
+    mnist_release(tmp_path / "server")
+    report = run_without_tensorflow(
+        NO_TENSORFLOW_DOWNLOAD_BODY, str(tmp_path / "tfds"), str(tmp_path / "server")
+    )
+    assert report["tensorflow_imported"] is False and report["tensorflow_attempts"] == []
+    got = np.rint(np.array(report["smnist"])[..., 0] * 255)
+    np.testing.assert_array_equal(sorted_rows(got), sorted_rows(MNIST_TEST.reshape(5, 784)))
+    stored = sorted(p.name for p in (tmp_path / "tfds" / "manual" / "mnist").iterdir())
+    assert stored == sorted(f"{name}.gz" for name in MNIST_NAMES)

@@ -1,6 +1,7 @@
 """LRA Text (IMDB) and Retrieval (AAN) built from tiny fake releases in their real formats."""
 
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ REVIEWS = [
     ("test", "neg", "1_4.txt", b"Too long and too slow"),
     ("test", "neg", "2_2.txt", b"No"),
 ]
+IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+LRA_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 # (label, text1, text2) per LRA file: 6 pairs; quotes are literal characters (no CSV quoting).
 PAIRS = {
     "train": [("1", b"paper one cites", b'the "second" paper'), ("0.0", b"a", b"b" * 4100)],
@@ -41,6 +44,11 @@ result["aan_shapes"] = [
     sorted(list(e["inputs"].shape) for e in read(aan.source(s))) for s in splits
 ]
 """
+
+
+def dumps(examples: list[dict]) -> list[dict]:
+    """Examples with their arrays as lists, to compare with ==."""
+    return [{key: np.asarray(value).tolist() for key, value in e.items()} for e in examples]
 
 
 def write_imdb(root, *, archive: bool) -> None:
@@ -197,14 +205,73 @@ def test_aan_malformed_line_names_file_and_line(tmp_path):
         ),
     ],
 )
-def test_missing_release_error_names_files_manual_dir_and_url(tmp_path, name, files, url):
+def test_missing_release_error_names_files_manual_dir_and_url(
+    tmp_path, fake_download, name, files, url
+):
+    calls = fake_download({})
     with pytest.raises(FileNotFoundError) as error:
         get_dataset(name, data_dir=str(tmp_path))
     message = str(error.value)
     assert isinstance(error.value, MissingDataError) and "\n" not in message
     assert f"manual_dir {tmp_path / 'manual' / name};" in message
     assert all(file in message for file in files) and url in message
+    assert "set dataset.download=true" in message and calls == []  # offline by default
     assert not (tmp_path / f"{name}_release").exists()
+
+
+def imdb_release(root) -> dict[str, Path]:
+    """URL -> local file of a fake IMDB release."""
+    write_imdb(root, archive=True)
+    return {IMDB_URL: root / "aclImdb_v1.tar.gz"}
+
+
+def lra_release(root) -> dict[str, Path]:
+    """URL -> local file of a fake LRA release: the AAN TSVs among other tasks' files."""
+    write_aan(root / "lra_release" / "lra_release" / "tsv_data")
+    listops = root / "lra_release" / "lra_release" / "listops-1000"
+    listops.mkdir()
+    (listops / "basic_train.tsv").write_text("Source\tTarget\n")
+    with tarfile.open(root / "lra_release.gz", "w:gz") as tar:
+        tar.add(root / "lra_release", arcname="lra_release")
+    return {LRA_URL: root / "lra_release.gz"}
+
+
+@pytest.mark.parametrize(
+    "name, write, urls, stored",
+    [
+        ("imdb", imdb_release, [IMDB_URL], ["aclImdb_v1.tar.gz"]),
+        (
+            "aan",
+            lra_release,
+            [LRA_URL],
+            [f"new_aan_pairs.{s}.tsv" for s in ("eval", "test", "train")],
+        ),
+    ],
+)
+def test_download_fetches_the_missing_release_into_manual_dir_once(
+    tmp_path, request, fake_download, name, write, urls, stored
+):
+    calls = fake_download(write(tmp_path / "server"))
+    data_dir, manual_dir = str(tmp_path / "tfds"), tmp_path / "manual"
+    downloaded = get_dataset(name, data_dir=data_dir, manual_dir=str(manual_dir), download=True)
+    assert calls == [urls]
+    assert sorted(p.name for p in manual_dir.iterdir()) == stored
+    by_hand = request.getfixturevalue(name)  # built from the same files put there by hand
+    for split in ("train", "validation", "test"):
+        assert dumps(read_all(downloaded.source(split))) == dumps(read_all(by_hand.source(split)))
+    for path in manual_dir.iterdir():  # prepared: no download even without the files
+        path.unlink()
+    get_dataset(name, data_dir=data_dir, manual_dir=str(manual_dir), download=True)
+    assert len(calls) == 1
+
+
+def test_download_is_skipped_when_manual_dir_has_the_files(tmp_path, fake_download):
+    calls = fake_download({})
+    write_aan(tmp_path / "raw")
+    dataset = get_dataset(
+        "aan", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "raw"), download=True
+    )
+    assert calls == [] and len(dataset.source("test")) == 2
 
 
 def test_text_builders_round_trip_with_tensorflow_unimportable(tmp_path, run_without_tensorflow):

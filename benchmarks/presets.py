@@ -1,0 +1,101 @@
+"""Run every experiment preset briefly through the training CLI and print one row per preset.
+
+    python -m benchmarks.presets [--steps 50] [--size small] [--only 'lra/*'] [--set KEY=VALUE]
+
+For each ``configs/experiment/**.yaml`` (or those matching ``--only``, a glob), runs
+``python -m experiments.train experiment=<preset> dataset.size=<size> trainer.max_steps=<steps>``
+at the preset's own model size in a subprocess, then prints: preset, status (``ok``, ``missing
+data`` when a downloaded release is absent, ``failed``), wall minutes (startup, data preparation,
+compile, training and evaluation) and test accuracy. ``--set`` adds overrides to every run (e.g.
+``--set dataset.manual_dir=...``). Writes ``presets.json`` and each run's output under ``--out``.
+"""
+
+import argparse
+import fnmatch
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "configs" / "experiment"
+ACCURACY = re.compile(r"^test accuracy: ([0-9.]+)", re.MULTILINE)
+
+
+def presets(pattern: str) -> list[str]:
+    """Preset names (``lra/listops-s4d``) matching the glob ``pattern``, sorted."""
+    names = sorted(str(p.relative_to(PRESETS).with_suffix("")) for p in PRESETS.rglob("*.yaml"))
+    return [name for name in names if fnmatch.fnmatch(name, pattern)]
+
+
+def run(preset: str, args) -> dict:
+    """Train ``preset`` through the CLI; its status, minutes, test accuracy and last error line."""
+    out = args.out / preset
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        f"experiment={preset}",
+        f"dataset.size={args.size}",
+        f"trainer.max_steps={args.steps}",
+        "trainer.progress=false",
+        "trainer.tensorboard=false",
+        f"trainer.output_dir={out}",
+        f"hydra.run.dir={out}/hydra",
+        *args.set,
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    minutes = (time.perf_counter() - start) / 60
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    error = errors[-1] if errors else (done.stderr.strip().splitlines() or [""])[-1]
+    match = ACCURACY.search(done.stdout)
+    if done.returncode == 0 and match:
+        status, error = "ok", ""
+    elif errors and " not found: expected " in error:
+        status = "missing data"
+    else:
+        status = "failed"
+    return {
+        "preset": preset,
+        "status": status,
+        "minutes": minutes,
+        "test_accuracy": float(match.group(1)) if match else None,
+        "error": error,
+        "command": " ".join(command[1:]),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--size", default="small", choices=["full", "small", "tiny"])
+    parser.add_argument("--only", default="*", help="glob over preset names, e.g. 'lra/*'")
+    parser.add_argument("--set", action="append", default=[], help="extra override, repeatable")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "outputs/benchmarks/presets")
+    args = parser.parse_args(argv)
+    args.out = args.out.resolve()
+    names = presets(args.only)
+    if not names:
+        parser.error(f"no preset matches {args.only!r}; presets are under {PRESETS}")
+    print(f"{len(names)} presets, {args.steps} steps at dataset.size={args.size}", flush=True)
+    print(f"{'preset':<36} {'status':<13} {'minutes':>8} {'test acc':>9}", flush=True)
+    rows = []
+    for name in names:
+        row = run(name, args)
+        rows.append(row)
+        accuracy = "" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
+        print(f"{name:<36} {row['status']:<13} {row['minutes']:>8.1f} {accuracy:>9}", flush=True)
+        if row["error"]:
+            print(f"    {row['error']}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"steps": args.steps, "size": args.size, "overrides": args.set, "rows": rows}
+    (args.out / "presets.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out / 'presets.json'}")
+    return 0 if all(row["status"] != "failed" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
