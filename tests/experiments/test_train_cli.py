@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from experiments.train import resolve
-from ssm.config import ConfigError
+from ssm.config import ConfigError, options_of
 from ssm.train import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,3 +116,15 @@ def test_cli_missing_download_says_what_to_fetch_and_where(tmp_path):
     message = result.stderr.strip()
     assert message.startswith("error: MNIST") and "\n" not in message
     assert "train-images-idx3-ubyte" in message and str(tmp_path / "manual" / "mnist") in message
+
+
+@pytest.mark.parametrize("layer", ["mamba", "s4d"])
+def test_selective_copying_presets_are_the_benchmark_setup(layer, tmp_path):
+    from benchmarks import selective_copying as benchmark
+
+    preset = composed([f"experiment=synthetic/selective-copying-{layer}"])
+    args = benchmark.parse_args([])
+    setup = benchmark.experiment_config(benchmark.raw_config(layer, args, tmp_path))
+    for group in ("dataset", "layer", "model", "optimizer", "scheduler"):
+        assert options_of(getattr(preset, group)) == options_of(getattr(setup, group)), group
+    assert (preset.trainer.batch_size, preset.trainer.max_steps) == (args.batch_size, args.steps)
