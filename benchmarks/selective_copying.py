@@ -9,11 +9,11 @@ and the test accuracy on the copied tokens (the ``label_mask`` positions). Write
 ``selective_copying.json`` to DIR and each run's logs and checkpoints under ``DIR/<layer>/``.
 
 Each training example is seen once (``num_train = steps * batch_size``): the generator is the
-task's distribution, as in the paper. There, at l=4096 after 400K steps, Mamba solves the task
+task's distribution, as in the paper. There, at l=4096 after long training, Mamba solves the task
 (99.8%) and the time-invariant S4 does not (18.3%). The defaults are sized for a 2-core CPU: at
-l=128, d_model 64 and 5,000 steps of 32 examples, Mamba passes 99% (d_model 32 plateaus far
-lower; a learning rate of 1e-2 learns much more slowly than 3e-3) while S4D stays near chance on
-the later tokens.
+l=128, d_model 64 and 5,000 steps of 32 examples, Mamba reached 99.3% in 25 minutes and S4D of
+the same size 57.5% (still creeping up by 0.1% per 250 steps at the end). d_model 32 plateaus
+far lower, and a learning rate of 1e-2 learns much more slowly than 3e-3.
 """
 
 import argparse
