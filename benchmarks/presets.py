@@ -7,7 +7,8 @@ For each ``configs/experiment/**.yaml`` (or those matching ``--only``, a glob), 
 at the preset's own model size in a subprocess, then prints: preset, status (``ok``, ``missing
 data`` when a downloaded release is absent, ``failed``), wall minutes (startup, data preparation,
 compile, training and evaluation) and test accuracy. ``--set`` adds overrides to every run (e.g.
-``--set dataset.manual_dir=...``). Writes ``presets.json`` and each run's output under ``--out``.
+``--set trainer.batch_size=8``). Writes ``presets.json`` and each run's output under ``--out``.
+Runs one preset at a time: the long-sequence presets need most of a 24 GiB machine's memory.
 """
 
 import argparse
@@ -51,6 +52,8 @@ def run(preset: str, args) -> dict:
     minutes = (time.perf_counter() - start) / 60
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     error = errors[-1] if errors else (done.stderr.strip().splitlines() or [""])[-1]
+    if done.returncode < 0:  # e.g. SIGKILL from the out-of-memory killer: nothing on stderr
+        error = f"killed by signal {-done.returncode} (9 is often out of memory); {error}"
     match = ACCURACY.search(done.stdout)
     if done.returncode == 0 and match:
         status, error = "ok", ""
