@@ -9,16 +9,21 @@ from tensorflow_datasets.core.utils import tqdm_utils
 
 
 @contextlib.contextmanager
-def quiet_tfds():
-    """Hides TFDS's progress bars and absl info/warnings, restoring both afterwards."""
-    bars, verbosity = tqdm_utils._active, logging.get_verbosity()
-    tfds.display_progress_bar(False)
-    logging.set_verbosity(logging.ERROR)
+def tfds_output(*, progress_bars: bool, verbosity: int):
+    """Sets TFDS's progress bars and the absl log level, restoring both afterwards."""
+    bars, previous = tqdm_utils._active, logging.get_verbosity()
+    tfds.display_progress_bar(progress_bars)
+    logging.set_verbosity(verbosity)
     try:
         yield
     finally:
         tfds.display_progress_bar(bars)
-        logging.set_verbosity(verbosity)
+        logging.set_verbosity(previous)
+
+
+def quiet_tfds():
+    """Hides TFDS's progress bars and absl info/warnings (a context manager)."""
+    return tfds_output(progress_bars=False, verbosity=logging.ERROR)
 
 
 def prepare_builder(

@@ -12,7 +12,6 @@ or extracted into the layout of ``manual_dir`` that the builder reads, and the d
 removed; files already in ``manual_dir``, or a builder already prepared, mean no download.
 """
 
-import contextlib
 import dataclasses
 import shutil
 import tarfile
@@ -23,9 +22,8 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 from absl import logging
-from tensorflow_datasets.core.utils import tqdm_utils
 
-from ssm.data.build import prepare_builder
+from ssm.data.build import prepare_builder, tfds_output
 
 STAGING = ".download"  # folder of manual_dir where a fetch is assembled before it is moved in
 
@@ -160,17 +158,9 @@ class Release:
             ) from None
 
 
-@contextlib.contextmanager
 def _progress():
     """Shows TFDS's download progress bars and absl info logs (hidden while preparing)."""
-    bars, verbosity = tqdm_utils._active, logging.get_verbosity()
-    tfds.display_progress_bar(True)
-    logging.set_verbosity(logging.INFO)
-    try:
-        yield
-    finally:
-        tfds.display_progress_bar(bars)
-        logging.set_verbosity(verbosity)
+    return tfds_output(progress_bars=True, verbosity=logging.INFO)
 
 
 def _member_path(name: str) -> PurePosixPath:
