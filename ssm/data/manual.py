@@ -14,8 +14,10 @@ removed; files already in ``manual_dir``, or a builder already prepared, mean no
 
 import dataclasses
 import shutil
+import socket
 import tarfile
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -125,6 +127,7 @@ class Release:
         with _progress():
             manager = tfds.download.DownloadManager(download_dir=download_dir)
             try:
+                _check_reachable(urls)
                 paths = manager.download(urls)
             except Exception as error:  # network, HTTP status, checksum: all mean "do it by hand"
                 shutil.rmtree(download_dir, ignore_errors=True)  # partial downloads don't resume
@@ -156,6 +159,25 @@ class Release:
                 f"{self.title}: the download of {', '.join(urls)} did not give the files "
                 f"expected: {self._expected(manual_dir)}"
             ) from None
+
+
+def _check_reachable(urls: list[str], timeout: float = 10.0) -> None:
+    """Connects once to each URL's host, so that being offline fails in a second rather than
+    after minutes of download retries. Skipped for a scheme with a proxy configured.
+
+    Raises:
+        ConnectionError: a host cannot be resolved or connected to.
+    """
+    proxies = urllib.request.getproxies()
+    hosts = {}  # (host, port), in order
+    for parts in map(urllib.parse.urlparse, urls):
+        if parts.scheme in ("http", "https") and parts.scheme not in proxies:
+            hosts[parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)] = None
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as error:
+            raise ConnectionError(f"cannot reach {host}:{port}: {error}") from None
 
 
 def _progress():

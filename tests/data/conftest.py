@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import tensorflow_datasets as tfds
 
+from ssm.data import manual
+
 # Makes `import tensorflow` fail as if it were not installed, recording every attempt; checks that
 # it does, then forgets that first attempt.
 _BLOCK_TENSORFLOW = """
@@ -94,6 +96,7 @@ def fake_download(monkeypatch):
             return paths[0] if isinstance(url_or_urls, str) else paths
 
         monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+        monkeypatch.setattr(manual, "_check_reachable", lambda urls: None)
         return calls
 
     return install

@@ -2,10 +2,13 @@
 served by the ``fake_download`` fixture)."""
 
 import io
+import socket
 import tarfile
 
 import pytest
+import tensorflow_datasets as tfds
 
+from ssm.data import manual
 from ssm.data.manual import MissingDataError, Release, RemoteFile
 
 URL = "https://example.org/release/archive.tar.gz"
@@ -90,6 +93,37 @@ def test_failed_download_is_one_line_naming_url_and_manual_dir(tmp_path, fake_do
         f"expected data/a.txt in manual_dir {tmp_path / 'manual'}: download it by hand" in message
     )
     assert not (tmp_path / "downloads").exists()  # partial downloads are not resumed
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_host_fails_before_the_download_manager_retries(tmp_path, monkeypatch):
+    for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    calls = []  # TFDS's download would retry for minutes before failing
+    monkeypatch.setattr(
+        tfds.download.DownloadManager, "download", lambda _, urls: calls.append(urls)
+    )
+    port = closed_port()
+    with pytest.raises(MissingDataError) as error:
+        release(RemoteFile(f"http://127.0.0.1:{port}/a.tar.gz")).fetch(
+            tmp_path / "manual", tmp_path / "downloads"
+        )
+    assert f"failed (ConnectionError: cannot reach 127.0.0.1:{port}: " in str(error.value)
+    assert calls == []
+
+
+def test_reachability_is_not_checked_through_a_proxy(monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
+    manual._check_reachable([f"http://127.0.0.1:{closed_port()}/a"])  # the proxy would fetch it
+    monkeypatch.delenv("http_proxy")
+    with pytest.raises(ConnectionError, match="cannot reach"):
+        manual._check_reachable([f"http://127.0.0.1:{closed_port()}/a"])
 
 
 def test_release_without_files_is_not_downloadable_and_does_not_offer_it(tmp_path, fake_download):
