@@ -4,6 +4,7 @@ import logging
 import sys
 
 import hydra
+import jax
 from omegaconf import DictConfig, OmegaConf
 
 from ssm.config import ConfigError
@@ -18,6 +19,20 @@ def resolve(cfg: DictConfig):
     return experiment_config(OmegaConf.to_container(cfg, resolve=True))
 
 
+def out_of_memory(error: Exception) -> str | None:
+    """A one-line message if ``error`` is XLA running out of device or host memory, else None."""
+    text = str(error)
+    if not isinstance(error, jax.errors.JaxRuntimeError) or not (
+        "RESOURCE_EXHAUSTED" in text or "Out of memory" in text
+    ):
+        return None
+    reason = " ".join(text.strip().splitlines()[0].split())
+    return (
+        f"out of memory ({reason}); lower it with model.remat=true (recompute activations), "
+        "a smaller trainer.batch_size or model.dtype=bfloat16"
+    )
+
+
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     try:
@@ -25,6 +40,11 @@ def main(cfg: DictConfig) -> float:
         results = train(config)
     except (ConfigError, MissingDataError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except jax.errors.JaxRuntimeError as error:
+        if (message := out_of_memory(error)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
     print(
         f"test accuracy: {results['test/accuracy']:.4f} "

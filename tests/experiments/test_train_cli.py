@@ -5,12 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from experiments.train import resolve
+from experiments.train import out_of_memory, resolve
 from ssm.config import ConfigError, options_of
 from ssm.train import ExperimentConfig
 
@@ -128,3 +129,15 @@ def test_selective_copying_presets_are_the_benchmark_setup(layer, tmp_path):
     for group in ("dataset", "layer", "model", "optimizer", "scheduler"):
         assert options_of(getattr(preset, group)) == options_of(getattr(setup, group)), group
     assert (preset.trainer.batch_size, preset.trainer.max_steps) == (args.batch_size, args.steps)
+
+
+def test_out_of_memory_is_one_line_with_the_remedies():
+    error = jax.errors.JaxRuntimeError(
+        "INTERNAL: Error dispatching computation: Out of memory allocating 42536311120 bytes.\n"
+        "  at frame 1"
+    )
+    message = out_of_memory(error)
+    assert "\n" not in message and "Out of memory allocating 42536311120 bytes" in message
+    assert "model.remat=true" in message and "trainer.batch_size" in message
+    assert out_of_memory(jax.errors.JaxRuntimeError("INVALID_ARGUMENT: bad shape")) is None
+    assert out_of_memory(MemoryError("Out of memory")) is None
