@@ -20,7 +20,7 @@ from ssm.layers.registry import register_layer
 from ssm.ops.selective_scan import selective_scan
 from ssm.params import SSMParam
 
-Impl = Literal["auto", "reference", "associative", "chunked"]
+Impl = Literal["auto", "reference", "associative", "chunked", "chunked_sequential"]
 
 
 class MambaCache(NamedTuple):

@@ -8,7 +8,9 @@ Implementations share the public signature (minus ``impl``) and register in ``SE
 - ``reference``: step by step with ``lax.scan`` (``ssm.ops.reference``);
 - ``associative``: one ``lax.associative_scan`` over the whole sequence, holds (b, l, d, n);
 - ``chunked``: associative scan inside chunks of ``chunk_size`` steps and a sequential carry across
-  chunks, rematerialized per chunk, so neither the forward nor the backward holds (b, l, d, n).
+  chunks, rematerialized per chunk, so neither the forward nor the backward holds (b, l, d, n);
+- ``chunked_sequential``: the same chunks, each scanned step by step: the same bounded memory with
+  less arithmetic, faster where parallel steps buy nothing (on CPU about 1.7 times ``chunked``).
 """
 
 import functools
@@ -57,15 +59,18 @@ def selective_scan(
         bidirectional layer).
       return_state: also return the final state, which continues the scan:
         ``scan(x[:, :k])`` then ``scan(x[:, k:], h0=state)`` equals ``scan(x)``.
-      impl: "auto" (chunked on every platform: the only one with bounded memory) or a name in
-        ``SELECTIVE_SCAN``. A failing implementation falls back to "reference" with a warning.
+      impl: "auto" (a chunked scan, the only kind with bounded memory: ``chunked_sequential`` on
+        CPU, ``chunked`` elsewhere) or a name in ``SELECTIVE_SCAN``. A failing implementation
+        falls back to "reference" with a warning.
 
     Returns:
       y: (b, l, d) in x.dtype (math in float32), and the (b, d, n) float32 final state if
       ``return_state``.
     """
     _check_shapes(x, dt, A, B, C, D, z, dt_bias, h0)
-    name = "chunked" if impl == "auto" else impl
+    name = impl
+    if impl == "auto":
+        name = "chunked_sequential" if jax.default_backend() == "cpu" else "chunked"
     if name not in SELECTIVE_SCAN:
         valid = ", ".join(["auto", *SELECTIVE_SCAN.names()])
         raise ValueError(f"unknown selective_scan impl {impl!r}; valid: {valid}")
@@ -157,6 +162,22 @@ def _scan_block(h, x, dt, A, B, C):
     return y.reshape(b, t, d), hs[:, -1]
 
 
+def _scan_block_sequential(h, x, dt, A, B, C):
+    """``_scan_block`` one step at a time (``lax.scan``); same arguments and results."""
+    b, t, d = x.shape
+    g, n = B.shape[2:]
+
+    def step(h, inputs):  # x_t, dt_t: (b, d); B_t, C_t: (b, g, n)
+        x_t, dt_t, B_t, C_t = inputs
+        dBx = (dt_t * x_t).reshape(b, g, d // g, 1) * B_t[:, :, None, :]
+        h = jnp.exp(dt_t[..., None] * A) * h + dBx.reshape(b, d, n)
+        y = jnp.sum(h.reshape(b, g, d // g, n) * C_t[:, :, None, :], axis=-1)
+        return h, y.reshape(b, d)
+
+    h, y = jax.lax.scan(step, h, [jnp.swapaxes(a, 0, 1) for a in (x, dt, B, C)])
+    return jnp.swapaxes(y, 0, 1), h
+
+
 def _initial_state(x, A, h0):
     return jnp.zeros((x.shape[0], *A.shape), jnp.float32) if h0 is None else h0.astype(jnp.float32)
 
@@ -203,8 +224,10 @@ def selective_scan_chunked(
     reverse=False,
     return_state=False,
     chunk_size=64,
+    inner="associative",
 ):
-    """``selective_scan`` by chunks: associative inside, sequential carry across.
+    """``selective_scan`` by chunks: ``inner`` ("associative" or "sequential") scan inside,
+    sequential carry across.
 
     Peak memory O(b·l·d + b·chunk_size·d·n) in the forward; the backward recomputes each chunk
     and keeps only the (b, d, n) state at chunk boundaries, O(b·l·d·n / chunk_size). The tail
@@ -221,10 +244,12 @@ def selective_scan_chunked(
         a = jnp.pad(a, [(0, 0), (0, chunks * size - length)] + [(0, 0)] * (a.ndim - 2))
         return jnp.moveaxis(a.reshape(b, chunks, size, *a.shape[2:]), 1, 0)
 
+    scan_block = {"associative": _scan_block, "sequential": _scan_block_sequential}[inner]
+
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def step(h, inputs):
         x_c, dt_c, B_c, C_c = inputs
-        y_c, h = _scan_block(h, x_c, dt_c, A, B_c, C_c)
+        y_c, h = scan_block(h, x_c, dt_c, A, B_c, C_c)
         return h, y_c
 
     h, y = jax.lax.scan(step, _initial_state(x, A, h0), [to_chunks(a) for a in (xf, dt, B, C)])
@@ -232,3 +257,8 @@ def selective_scan_chunked(
     if reverse:
         y = jnp.flip(y, axis=1)
     return _finish(y, x, D, z, h, return_state)
+
+
+SELECTIVE_SCAN.register("chunked_sequential")(
+    functools.partial(selective_scan_chunked, inner="sequential")
+)

@@ -18,7 +18,7 @@ TOLERANCE = {
     "float32": {"out": 1e-5, "grad": 1e-4},
     "bfloat16": {"out": 1e-2, "grad": 2e-2},
 }
-FAST_IMPLS = ["associative", "chunked"]
+FAST_IMPLS = ["associative", "chunked", "chunked_sequential"]
 # Inputs of the public signature that may be None.
 OPTIONAL = ("D", "z", "dt_bias", "h0")
 
@@ -139,7 +139,7 @@ def test_selective_scan_impl_matches_reference_any_shape_and_options(
         if "dt_bias" in inputs:
             inputs["dt_bias"] = jnp.abs(inputs["dt_bias"]) * 0.1
     kwargs = dict(dt_softplus=dt_softplus, reverse=reverse)
-    extra = {"chunk_size": chunk_size} if impl == "chunked" else {}
+    extra = {"chunk_size": chunk_size} if impl.startswith("chunked") else {}
     y, h = run(SELECTIVE_SCAN.get(impl), inputs, **kwargs, **extra)
     y_ref, h_ref = run(reference.selective_scan, inputs, **kwargs)
     assert_close(y, y_ref, TOLERANCE["float32"]["out"], "y")
@@ -166,11 +166,14 @@ def test_selective_scan_split_with_state_equals_whole_sequence(impl, reverse):
     assert_close(h_last, h_whole, TOLERANCE["float32"]["out"], "state")
 
 
-def test_selective_scan_auto_uses_chunked_and_returns_y_only_by_default():
+AUTO = "chunked_sequential" if jax.default_backend() == "cpu" else "chunked"
+
+
+def test_selective_scan_auto_uses_a_chunked_scan_and_returns_y_only_by_default():
     inputs = make_inputs(3, length=20)
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
     y = jax.jit(functools.partial(selective_scan, dt_softplus=True))(*args)
-    y_chunked = jax.jit(functools.partial(selective_scan, dt_softplus=True, impl="chunked"))(*args)
+    y_chunked = jax.jit(functools.partial(selective_scan, dt_softplus=True, impl=AUTO))(*args)
     assert y.shape == inputs["x"].shape
     assert_close(y, y_chunked, 0.0)
 
@@ -179,11 +182,11 @@ def test_selective_scan_failing_impl_warns_and_falls_back_to_reference(monkeypat
     def broken(*args, **kwargs):
         raise NotImplementedError("no kernel for this shape\nsecond line")
 
-    monkeypatch.setitem(SELECTIVE_SCAN._entries, "chunked", broken)
+    monkeypatch.setitem(SELECTIVE_SCAN._entries, AUTO, broken)
     inputs = make_inputs(4, length=20)
     with pytest.warns(
         UserWarning,
-        match=r"'chunked' failed \(NotImplementedError: no kernel for "
+        match=rf"'{AUTO}' failed \(NotImplementedError: no kernel for "
         r"this shape\); falling back to 'reference'$",
     ):
         y, h = run(functools.partial(selective_scan, dt_softplus=True), inputs)
@@ -195,7 +198,10 @@ def test_selective_scan_failing_impl_warns_and_falls_back_to_reference(monkeypat
 def test_selective_scan_unknown_impl_names_the_valid_ones():
     inputs = make_inputs(5, length=4)
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
-    with pytest.raises(ValueError, match="'fast'; valid: auto, associative, chunked, reference$"):
+    with pytest.raises(
+        ValueError,
+        match="'fast'; valid: auto, associative, chunked, chunked_sequential, reference$",
+    ):
         selective_scan(*args, impl="fast")
 
 
@@ -226,10 +232,11 @@ def _temp_bytes(fn, *args):
     return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
-def test_selective_scan_chunked_memory_does_not_grow_with_state_per_step():
+@pytest.mark.parametrize("impl", ["chunked", "chunked_sequential"])
+def test_selective_scan_chunked_memory_does_not_grow_with_state_per_step(impl):
     # Per extra time step the chunked scan may hold O(d + n) numbers, not a (d, n) state.
     b, d, n = 1, 16, 64
-    chunked = SELECTIVE_SCAN.get("chunked")
+    chunked = SELECTIVE_SCAN.get(impl)
 
     def grad(*args):
         return jax.grad(lambda *a: chunked(*a).sum(), argnums=(0, 1, 2, 3, 4))(*args)
