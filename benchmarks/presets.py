@@ -8,10 +8,10 @@ at the preset's own model size in a subprocess, then prints: preset, status (``o
 data`` when a downloaded release is absent, ``failed``), wall minutes (startup, data preparation,
 compile, training and evaluation), seconds per training step (from the times the run prints its
 logged steps, leaving out the first, which compiles, and any evaluation), peak resident memory
-(GiB) and test accuracy. ``--set`` adds overrides to every run: ``--set trainer.log_every=1``
-times short runs, ``--set model.remat=true`` trades compute for memory. Writes ``presets.json``,
-and each run's output with its ``stdout.log`` and ``stderr.log``, under ``--out``. Runs one preset
-at a time: the long-sequence presets need most of a 24 GiB machine's memory.
+(GiB) and test accuracy. ``--set`` adds overrides to every run (``--set trainer.log_every=1``
+times short runs). Writes ``presets.json``, and each run's output with its ``stdout.log`` and
+``stderr.log``, under ``--out``. Runs one preset at a time: the long-sequence presets need most of
+a 24 GiB machine's memory.
 """
 
 import argparse

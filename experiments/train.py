@@ -27,10 +27,7 @@ def out_of_memory(error: Exception) -> str | None:
     ):
         return None
     reason = " ".join(text.strip().splitlines()[0].split())
-    return (
-        f"out of memory ({reason}); lower it with model.remat=true (recompute activations), "
-        "a smaller trainer.batch_size or model.dtype=bfloat16"
-    )
+    return f"out of memory ({reason}); try a smaller trainer.batch_size"
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
