@@ -207,6 +207,7 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
         out, tensorboard=tc.tensorboard, resume_step=step if tc.resume else None
     )
     bar = tqdm(total=total, initial=step, disable=not tc.progress, desc="train")
+    last_validation = (None, {})  # (step, metrics) of the latest validation
     try:
         while step < total:
             epoch, start = divmod(step, per_epoch)
@@ -231,6 +232,7 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
                     on_step(step)
                 if step % per_epoch == 0 or step == total:
                     val = trainer.evaluate(state, "validation")
+                    last_validation = (step, val)
                     metrics.write(step, {"epoch": step / per_epoch, **val})
                     checkpoints.save_if_best(step, state, val)
                     checkpoints.save_latest(step, state)
@@ -238,7 +240,10 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
                     break
         best_step, best_state = checkpoints.restore_best(state) or (step, state)
         results = {"step": step, "best_step": best_step}
-        results.update(trainer.evaluate(best_state, "validation"))
+        if last_validation[0] == best_step:  # the best is the state just evaluated
+            results.update(last_validation[1])
+        else:
+            results.update(trainer.evaluate(best_state, "validation"))
         results.update(trainer.evaluate(best_state, "test"))
         metrics.write(step, {k: v for k, v in results.items() if "/" in k}, echo=False)
         (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -80,6 +80,31 @@ def test_run_writes_metrics_jsonl_tensorboard_and_results(tmp_path):
     assert (tmp_path / "config.json").exists()
 
 
+@pytest.mark.parametrize("best", ["first", "last"])
+def test_results_give_the_best_validation_without_evaluating_it_twice(tmp_path, monkeypatch, best):
+    splits = []
+    evaluate, save_if_best = Trainer.evaluate, Checkpoints.save_if_best
+
+    def spy(self, state, split):
+        splits.append(split)
+        return evaluate(self, state, split)
+
+    def rank_by_epoch(self, step, state, metrics):  # the first or the last epoch is the best
+        score = -step if best == "first" else step
+        return save_if_best(self, step, state, {**metrics, self.best_metric: score})
+
+    monkeypatch.setattr(Trainer, "evaluate", spy)
+    monkeypatch.setattr(Checkpoints, "save_if_best", rank_by_epoch)
+    results = train(tiny_config(tmp_path, epochs=3))
+    logged = {r["step"]: r for r in read_metrics(tmp_path) if "epoch" in r}
+    assert len(logged) == 3
+    assert results["best_step"] == (min(logged) if best == "first" else max(logged))
+    for key in ("validation/loss", "validation/accuracy"):
+        assert results[key] == logged[results["best_step"]][key]
+    # The best checkpoint is evaluated again only if it is not the state evaluated last.
+    assert splits == ["validation"] * (4 if best == "first" else 3) + ["test"]
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch
 ):
