@@ -105,7 +105,7 @@ def run(shapes, impls, dtype, repeats):
 
 
 COLUMNS = [  # key, title, width, format spec; text left-aligned, numbers right-aligned
-    ("impl", "impl", 12, ""),
+    ("impl", "impl", 18, ""),
     ("shape", "shape (b, l, d, n)", 22, ""),
     ("fwd_ms", "fwd ms", 10, ".2f"),
     ("fwd_bwd_ms", "fwd+bwd ms", 12, ".2f"),
