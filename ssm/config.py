@@ -10,7 +10,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 
 class ConfigError(ValueError):
@@ -20,6 +20,14 @@ class ConfigError(ValueError):
 def _check(value: Any, tp: Any, where: str) -> Any:
     origin = get_origin(tp)
     if tp is Any or tp is inspect.Parameter.empty:
+        return value
+    if origin is Annotated:  # Annotated[T, registry]: a T among the registry's live names()
+        base, *metadata = get_args(tp)
+        value = _check(value, base, where)
+        for registry in metadata:
+            if hasattr(registry, "names") and value not in registry.names():
+                valid = ", ".join(repr(c) for c in registry.names())
+                raise ConfigError(f"{where}={value!r} is not valid; valid: {valid}")
         return value
     if origin is Literal:
         choices = get_args(tp)
@@ -63,6 +71,10 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}={value!r} must be a string")
         return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}={value!r} must be a mapping")
+        return dict(value)
     return value
 
 
@@ -77,7 +89,7 @@ def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str = "config"):
         raise ConfigError(
             f"unknown key {where}.{unknown[0]}; valid keys of {where}: {', '.join(fields)}"
         )
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     values = {}
     for name, field in fields.items():
         if name in mapping:
@@ -95,7 +107,7 @@ def options_dataclass(
     Used so a layer's or dataset's constructor is the single source of its options; ``extra``
     appends ``(name, type, field)`` entries that the caller handles itself.
     """
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
     fields = []
     for p in inspect.signature(fn).parameters.values():
         if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in skip:

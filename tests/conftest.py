@@ -2,6 +2,10 @@ import os
 
 import pytest
 
+# Strict dispatch: a fast implementation that cannot serve a call is an error, never a silent
+# fallback to the reference (subprocesses inherit it).
+os.environ["SSM_STRICT_DISPATCH"] = "1"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_data_dir(tmp_path_factory):

@@ -17,12 +17,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from scipy.io import wavfile
 
-from ssm.data.manual import MappedSource, Release, RemoteFile, prepare
-from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
+from ssm.data.build import Builder
+from ssm.data.manual import Release, ReleaseOptions, RemoteFile, release_dataset
+from ssm.data.registry import SPLITS, Dataset, DatasetSpec, register_dataset
 
 SAMPLE_RATE = 16000
 SEQ_LEN = SAMPLE_RATE  # one second
-SPLITS = ("train", "validation", "test")
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 WORDS = {
     10: COMMANDS,
@@ -60,28 +60,23 @@ class SpeechCommandsConfig(tfds.core.BuilderConfig):
     words: tuple[str, ...] = ()
 
 
-class SpeechCommandsRelease(tfds.core.GeneratorBasedBuilder):
+class SpeechCommandsRelease(Builder):
     """Speech Commands clips of the config's words; ``audio`` (n,) int16, n <= 16000."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Extract {SPEECH_COMMANDS.url} into manual_dir/{FOLDER}."
     BUILDER_CONFIGS = [
         SpeechCommandsConfig(name=f"sc{n}", words=words) for n, words in WORDS.items()
     ]
-    code_path = tfds.core.Path(__file__)  # see digits.py (tensorflow/datasets#11212)
 
-    def _info(self) -> tfds.core.DatasetInfo:
+    DESCRIPTION = "Speech Commands v0.02 one-second clips at 16 kHz."
+    HOMEPAGE = "https://arxiv.org/abs/1804.03209"
+
+    def _features(self):
         audio = tfds.features.Tensor(
             shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES
         )
         label = tfds.features.ClassLabel(names=list(self.builder_config.words))
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="Speech Commands v0.02 one-second clips at 16 kHz.",
-            features=tfds.features.FeaturesDict({"audio": audio, "label": label}),
-            homepage="https://arxiv.org/abs/1804.03209",
-        )
+        return {"audio": audio, "label": label}
 
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
@@ -126,39 +121,22 @@ def _example(example: dict) -> dict:
     return {"inputs": inputs, "length": len(audio), "label": example["label"]}
 
 
-@register_dataset("speech_commands")
-def speech_commands(
-    *,
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
-    download: bool = False,
-    num_classes: Literal[10, 35] = 10,
-) -> Dataset:
+@register_dataset("speech_commands", shared=ReleaseOptions)
+def speech_commands(*, num_classes: Literal[10, 35] = 10, **options) -> Dataset:
     """Speech Commands (SC10 or SC35) as raw waveforms, (16000, 1).
 
+    ``manual_dir`` holds the extracted ``speech_commands_v0.02/`` (default
+    ``<data_dir>/manual/speech_commands``); ``download`` fetches the archive (2.3 GB) and extracts
+    it.
+
     Args:
-        data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
-        manual_dir: folder holding the extracted ``speech_commands_v0.02/``; None means
-            ``<data_dir>/manual/speech_commands``.
-        download: if the dataset is not prepared and manual_dir lacks the files, download the
-            archive (2.3 GB) and extract it into manual_dir; False never touches the network.
         num_classes: 10 (the command words) or 35 (all words).
     """
-    builder = prepare(
+    return release_dataset(
         SpeechCommandsRelease,
         SPEECH_COMMANDS,
-        data_dir=resolve_data_dir(data_dir),
-        manual_dir=manual_dir,
-        download=download,
+        DatasetSpec("speech_commands", seq_len=SEQ_LEN, num_classes=num_classes, d_input=1),
+        _example,
+        ReleaseOptions(**options),
         config=f"sc{num_classes}",
     )
-    spec = DatasetSpec(
-        name="speech_commands",
-        seq_len=SEQ_LEN,
-        num_classes=num_classes,
-        d_input=1,
-        vocab_size=None,
-        splits=SPLITS,
-    )
-    stored = builder.as_data_source()
-    return Dataset(spec=spec, sources={s: MappedSource(stored[s], _example) for s in SPLITS})

@@ -11,13 +11,12 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ssm.data.build import prepare_builder
-from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
+from ssm.data.build import Builder, builder_dataset, prepare_builder
+from ssm.data.registry import SPLITS, Dataset, DatasetSpec, register_dataset
 
 SEQ_LEN = 64
 NUM_CLASSES = 10
 HELD_OUT = 180  # examples in each of validation and test
-SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass(eq=False)
@@ -27,28 +26,17 @@ class DigitsConfig(tfds.core.BuilderConfig):
     split_seed: int = 0
 
 
-class SequentialDigits(tfds.core.GeneratorBasedBuilder):
+class SequentialDigits(Builder):
     """TFDS builder of the pixel-sequence digits; examples are ``inputs`` (64, 1), ``label``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    # Given, not derived: tfds 4.9.10 derives it through the undeclared `importlib_resources`
-    # package (tensorflow/datasets#11212), which fails for builders outside tfds.
-    code_path = tfds.core.Path(__file__)
+    HOMEPAGE = "https://archive.ics.uci.edu/dataset/80"
+    SUPERVISED_KEYS = ("inputs", "label")
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "inputs": tfds.features.Tensor(shape=(SEQ_LEN, 1), dtype=np.float32),
-                    "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-                }
-            ),
-            supervised_keys=("inputs", "label"),
-            homepage="https://archive.ics.uci.edu/dataset/80",
-        )
+    def _features(self):
+        return {
+            "inputs": tfds.features.Tensor(shape=(SEQ_LEN, 1), dtype=np.float32),
+            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+        }
 
     def _split_generators(self, dl_manager):
         # scikit-learn is only needed to build, so it is imported here.
@@ -85,13 +73,6 @@ def digits(*, data_dir: str | None = None, split_seed: int = 0) -> Dataset:
         split_seed: seed of the stratified train/validation/test split.
     """
     config = DigitsConfig(name=f"seed_{split_seed}", split_seed=split_seed)
-    builder = prepare_builder(SequentialDigits, data_dir=resolve_data_dir(data_dir), config=config)
-    spec = DatasetSpec(
-        name="digits",
-        seq_len=SEQ_LEN,
-        num_classes=NUM_CLASSES,
-        d_input=1,
-        vocab_size=None,
-        splits=SPLITS,
-    )
-    return Dataset(spec=spec, sources=builder.as_data_source())
+    builder = prepare_builder(SequentialDigits, data_dir=data_dir, config=config)
+    spec = DatasetSpec("digits", seq_len=SEQ_LEN, num_classes=NUM_CLASSES, d_input=1)
+    return builder_dataset(builder, spec)

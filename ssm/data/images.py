@@ -15,7 +15,7 @@ when it writes them, so this is a fixed random 10%): CIFAR-10 45,000/5,000/10,00
 54,000/6,000/10,000 for train/validation/test.
 
 The releases are read from ``manual_dir``; with ``download=True`` missing files are first
-downloaded there (see ``ssm.data.manual``).
+downloaded there (the options of ``ssm.data.manual.ReleaseOptions``).
 """
 
 import functools
@@ -27,27 +27,22 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ssm.data.manual import MappedSource, Release, RemoteFile, prepare
-from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
+from ssm.data.build import Builder
+from ssm.data.manual import Release, ReleaseOptions, RemoteFile, archive_release, release_dataset
+from ssm.data.registry import Dataset, DatasetSpec, register_dataset
 
-SPLITS = ("train", "validation", "test")
 STORED_SPLITS = {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)  # tf.image.rgb_to_grayscale
 GRAY_MEAN, GRAY_STD = 122.6 / 255.0, 61.0 / 255.0
 RGB_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 RGB_STD = np.array([0.247, 0.243, 0.261], dtype=np.float32)
 
-CIFAR10 = Release(
-    name="cifar10",
-    title="CIFAR-10 (python version)",
-    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    layouts=(
-        ("cifar-10-python.tar.gz",),
-        tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6))
-        + ("cifar-10-batches-py/test_batch",),
-    ),
-    hint="put the archive (or its extracted cifar-10-batches-py/ folder) there",
-    files=(RemoteFile("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),),
+CIFAR10 = archive_release(
+    "cifar10",
+    "CIFAR-10 (python version)",
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    folder="cifar-10-batches-py",
+    contents=(*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"),
 )
 CIFAR10_CLASSES = [
     *("airplane", "automobile", "bird", "cat", "deer"),
@@ -86,28 +81,21 @@ def tf_grayscale(image: np.ndarray) -> np.ndarray:
     return (gray * np.float32(255.5)).astype(np.uint8)
 
 
-def _image_features(shape: tuple[int, ...], classes: list[str]) -> tfds.features.FeaturesDict:
+def _image_features(shape: tuple[int, ...], classes: list[str]) -> dict:
     image = tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES)
-    return tfds.features.FeaturesDict(
-        {"image": image, "label": tfds.features.ClassLabel(names=classes)}
-    )
+    return {"image": image, "label": tfds.features.ClassLabel(names=classes)}
 
 
-class Cifar10Release(tfds.core.GeneratorBasedBuilder):
+class Cifar10Release(Builder):
     """CIFAR-10 from the python release (archive or folder); ``image`` (32, 32, 3) uint8."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Download {CIFAR10.url} into manual_dir."
-    code_path = tfds.core.Path(__file__)  # see digits.py (tensorflow/datasets#11212)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="CIFAR-10 images as uint8 RGB arrays.",
-            features=_image_features((32, 32, 3), CIFAR10_CLASSES),
-            homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
-        )
+    DESCRIPTION = "CIFAR-10 images as uint8 RGB arrays."
+    HOMEPAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+    def _features(self):
+        return _image_features((32, 32, 3), CIFAR10_CLASSES)
 
     def _split_generators(self, dl_manager):
         batches = _cifar10_batches(Path(dl_manager.manual_dir))
@@ -146,21 +134,16 @@ def _cifar10_batches(root: Path) -> dict[str, dict]:
     return batches
 
 
-class MnistRelease(tfds.core.GeneratorBasedBuilder):
+class MnistRelease(Builder):
     """MNIST from its four idx files (gzipped or not); ``image`` (28, 28) uint8."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Download {MNIST.url} into manual_dir."
-    code_path = tfds.core.Path(__file__)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="MNIST handwritten digits as uint8 arrays.",
-            features=_image_features((28, 28), [str(d) for d in range(10)]),
-            homepage="https://yann.lecun.com/exdb/mnist/",
-        )
+    DESCRIPTION = "MNIST handwritten digits as uint8 arrays."
+    HOMEPAGE = "https://yann.lecun.com/exdb/mnist/"
+
+    def _features(self):
+        return _image_features((28, 28), [str(d) for d in range(10)])
 
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
@@ -209,109 +192,52 @@ def _mnist_example(example: dict, permutation: np.ndarray | None) -> dict:
     return {"inputs": inputs, "label": example["label"]}
 
 
-def _dataset(builder, fn, spec: DatasetSpec) -> Dataset:
-    sources = {
-        split: MappedSource(builder.as_data_source(split=stored), fn)
-        for split, stored in STORED_SPLITS.items()
-    }
-    return Dataset(spec=spec, sources=sources)
-
-
-def _spec(name: str, seq_len: int, d_input: int) -> DatasetSpec:
-    return DatasetSpec(
-        name=name, seq_len=seq_len, num_classes=10, d_input=d_input, vocab_size=None, splits=SPLITS
-    )
-
-
-def _cifar10(data_dir: str | None, manual_dir: str | None, download: bool):
-    return prepare(
-        Cifar10Release,
-        CIFAR10,
-        data_dir=resolve_data_dir(data_dir),
-        manual_dir=manual_dir,
-        download=download,
-    )
-
-
-def _mnist(data_dir: str | None, manual_dir: str | None, download: bool):
-    return prepare(
-        MnistRelease,
-        MNIST,
-        data_dir=resolve_data_dir(data_dir),
-        manual_dir=manual_dir,
-        download=download,
-    )
-
-
-@register_dataset("cifar_gray")
-def cifar_gray(
-    *, data_dir: str | None = None, manual_dir: str | None = None, download: bool = False
-) -> Dataset:
+@register_dataset("cifar_gray", shared=ReleaseOptions)
+def cifar_gray(**options) -> Dataset:
     """LRA Image: grayscale CIFAR-10 pixel by pixel, (1024, 1).
 
-    Args:
-        data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
-        manual_dir: folder with ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/``; None
-            means ``<data_dir>/manual/cifar10``.
-        download: if the dataset is not prepared and manual_dir lacks the files, download the
-            archive (170 MB) into manual_dir; False never touches the network.
+    ``manual_dir`` holds ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/`` (default
+    ``<data_dir>/manual/cifar10``); ``download`` fetches the archive (170 MB).
     """
-    return _dataset(
-        _cifar10(data_dir, manual_dir, download), _gray_example, _spec("cifar_gray", 1024, 1)
-    )
+    spec = DatasetSpec("cifar_gray", seq_len=1024, num_classes=10, d_input=1)
+    return _pixels(Cifar10Release, CIFAR10, spec, _gray_example, options)
 
 
-@register_dataset("scifar")
-def scifar(
-    *, data_dir: str | None = None, manual_dir: str | None = None, download: bool = False
-) -> Dataset:
-    """Sequential CIFAR-10 in colour pixel by pixel, (1024, 3).
-
-    Args:
-        data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
-        manual_dir: folder with ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/``; None
-            means ``<data_dir>/manual/cifar10``.
-        download: if the dataset is not prepared and manual_dir lacks the files, download the
-            archive (170 MB) into manual_dir; False never touches the network.
-    """
-    return _dataset(
-        _cifar10(data_dir, manual_dir, download), _colour_example, _spec("scifar", 1024, 3)
-    )
+@register_dataset("scifar", shared=ReleaseOptions)
+def scifar(**options) -> Dataset:
+    """Sequential CIFAR-10 in colour pixel by pixel, (1024, 3); the files as for ``cifar_gray``."""
+    spec = DatasetSpec("scifar", seq_len=1024, num_classes=10, d_input=3)
+    return _pixels(Cifar10Release, CIFAR10, spec, _colour_example, options)
 
 
-@register_dataset("smnist")
-def smnist(
-    *, data_dir: str | None = None, manual_dir: str | None = None, download: bool = False
-) -> Dataset:
+@register_dataset("smnist", shared=ReleaseOptions)
+def smnist(**options) -> Dataset:
     """Sequential MNIST pixel by pixel, (784, 1).
 
-    Args:
-        data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
-        manual_dir: folder with the four MNIST idx files; None means ``<data_dir>/manual/mnist``.
-        download: if the dataset is not prepared and manual_dir lacks the files, download the
-            four gzipped idx files (11 MB) into manual_dir; False never touches the network.
+    ``manual_dir`` holds the four MNIST idx files, gzipped or not (default
+    ``<data_dir>/manual/mnist``); ``download`` fetches them gzipped (11 MB).
     """
     fn = functools.partial(_mnist_example, permutation=None)
-    return _dataset(_mnist(data_dir, manual_dir, download), fn, _spec("smnist", 784, 1))
+    spec = DatasetSpec("smnist", seq_len=784, num_classes=10, d_input=1)
+    return _pixels(MnistRelease, MNIST, spec, fn, options)
 
 
-@register_dataset("psmnist")
-def psmnist(
-    *,
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
-    download: bool = False,
-    permutation_seed: int = PSMNIST_SEED,
-) -> Dataset:
-    """Permuted sequential MNIST: pixels in one fixed random order, (784, 1).
+@register_dataset("psmnist", shared=ReleaseOptions)
+def psmnist(*, permutation_seed: int = PSMNIST_SEED, **options) -> Dataset:
+    """Permuted sequential MNIST: pixels in one fixed random order, (784, 1); the files as for
+    ``smnist``.
 
     Args:
-        data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
-        manual_dir: folder with the four MNIST idx files; None means ``<data_dir>/manual/mnist``.
-        download: if the dataset is not prepared and manual_dir lacks the files, download the
-            four gzipped idx files (11 MB) into manual_dir; False never touches the network.
         permutation_seed: seed of ``np.random.RandomState(seed).permutation(784)``.
     """
     permutation = np.random.RandomState(permutation_seed).permutation(784)
     fn = functools.partial(_mnist_example, permutation=permutation)
-    return _dataset(_mnist(data_dir, manual_dir, download), fn, _spec("psmnist", 784, 1))
+    spec = DatasetSpec("psmnist", seq_len=784, num_classes=10, d_input=1)
+    return _pixels(MnistRelease, MNIST, spec, fn, options)
+
+
+def _pixels(builder_cls, release, spec, fn, options: dict) -> Dataset:
+    """``spec``, read through ``fn`` from the release's train[:90%] / train[90%:] / test."""
+    return release_dataset(
+        builder_cls, release, spec, fn, ReleaseOptions(**options), stored=STORED_SPLITS
+    )

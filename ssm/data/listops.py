@@ -10,20 +10,18 @@ by a seeded NumPy generator in a fixed order, so a seed always gives the same da
 Tokens follow S4's tokenizer (brackets dropped, the closing ``]`` kept): 0 pad, 1..10 the digits
 0..9, 11..14 MIN MAX MED SM, 15 the closing token. Sequences are stored unpadded and read padded
 to l = 2048 (S4's ``l_max``) with a ``length``. ``size`` picks smaller versions of the same
-recipe: ``small`` (2,000 / 200 / 200) for quick runs and ``tiny`` (64 / 16 / 16) for tests.
+recipe, ``small`` for quick runs and ``tiny`` for tests (``ssm.data.registry.SIZES``).
 """
 
 import dataclasses
 import hashlib
 from collections.abc import Iterator
-from typing import Literal
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ssm.data.build import prepare_builder
-from ssm.data.manual import MappedSource
-from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
+from ssm.data.build import Builder, builder_dataset, prepare_builder
+from ssm.data.registry import SPLITS, Dataset, DatasetSpec, Size, register_dataset, split_sizes
 
 PAD, END = 0, 15
 DIGIT0 = 1  # token of digit d is DIGIT0 + d
@@ -34,12 +32,7 @@ NUM_CLASSES = 10
 SEQ_LEN = 2048
 MIN_LENGTH, MAX_LENGTH = 500, 2000  # kept trees have MIN_LENGTH < tokens < MAX_LENGTH
 MAX_DEPTH, MAX_ARGS, OPERATOR_P = 10, 10, 0.25
-SPLITS = ("train", "validation", "test")
-SIZES = {
-    "full": (96_000, 2_000, 2_000),
-    "small": (2_000, 200, 200),
-    "tiny": (64, 16, 16),
-}
+FULL = {"train": 96_000, "validation": 2_000, "test": 2_000}  # LRA's splits
 _BATCH = 2048  # trees drawn per vectorised step; part of the recipe (changes the stream)
 
 
@@ -144,30 +137,21 @@ class ListOpsConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-class ListOps(tfds.core.GeneratorBasedBuilder):
+class ListOps(Builder):
     """TFDS builder of generated ListOps; examples are ``tokens`` (length,) int32, ``label``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    code_path = tfds.core.Path(__file__)  # see digits.py: tfds cannot derive it here
+    HOMEPAGE = "https://github.com/google-research/long-range-arena"
+    SUPERVISED_KEYS = ("tokens", "label")
+    DISABLE_SHUFFLING = True
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            disable_shuffling=True,  # examples stay in generation order
-            features=tfds.features.FeaturesDict(
-                {
-                    "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-                    "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-                }
-            ),
-            supervised_keys=("tokens", "label"),
-            homepage="https://github.com/google-research/long-range-arena",
-        )
+    def _features(self):
+        return {
+            "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+        }
 
     def _split_generators(self, dl_manager):
-        counts = SIZES[self.builder_config.size]
+        counts = list((split_sizes(self.builder_config.size) or FULL).values())
         trees = [
             (t.astype(np.uint8), y) for t, y in generate(self.builder_config.seed, sum(counts))
         ]
@@ -195,26 +179,18 @@ def _padded(example: dict) -> dict:
 def listops(
     *,
     data_dir: str | None = None,
-    size: Literal["full", "small", "tiny"] = "full",
+    size: Size = "full",
     seed: int = 0,
 ) -> Dataset:
     """LRA ListOps generated from ``seed``, built under ``data_dir`` on first use.
 
     Args:
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
-        size: ``full`` (LRA: 96,000 / 2,000 / 2,000), ``small`` (2,000 / 200 / 200) or ``tiny``
-            (64 / 16 / 16, for tests); all keep the 500 < length < 2000 bound.
+        size: ``full`` (LRA: 96,000 / 2,000 / 2,000), ``small`` or ``tiny`` (see
+            ``ssm.data.registry.SIZES``); all keep the 500 < length < 2000 bound.
         seed: generation seed; each (size, seed) is its own builder config.
     """
     config = ListOpsConfig(name=f"{size}_seed_{seed}", size=size, seed=seed)
-    builder = prepare_builder(ListOps, data_dir=resolve_data_dir(data_dir), config=config)
-    spec = DatasetSpec(
-        name="listops",
-        seq_len=SEQ_LEN,
-        num_classes=NUM_CLASSES,
-        d_input=None,
-        vocab_size=VOCAB_SIZE,
-        splits=SPLITS,
-    )
-    sources = builder.as_data_source()
-    return Dataset(spec=spec, sources={s: MappedSource(sources[s], _padded) for s in SPLITS})
+    builder = prepare_builder(ListOps, data_dir=data_dir, config=config)
+    spec = DatasetSpec("listops", seq_len=SEQ_LEN, num_classes=NUM_CLASSES, vocab_size=VOCAB_SIZE)
+    return builder_dataset(builder, spec, _padded)

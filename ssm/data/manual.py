@@ -4,8 +4,8 @@ Each such dataset names a ``Release``: where to download it, the file layouts ac
 ``manual_dir`` (default ``<data_dir>/manual/<release name>``) and the files it is made of. The TFDS
 builder is prepared from those files once. Offline first: nothing is downloaded unless the dataset
 option ``download`` is true, so by default runs behave the same online and offline. Without the
-files ``prepare`` raises ``MissingDataError``, whose one-line message names the dataset, the files
-expected, the folder looked in, the download URL and, where the release can be fetched,
+files ``release_dataset`` raises ``MissingDataError``, whose one-line message names the dataset,
+the files expected, the folder looked in, the download URL and, where the release can be fetched,
 ``dataset.download=true``. With ``download=True``, missing files are fetched by TFDS's download
 manager (plain http; TensorFlow is not needed) into ``<data_dir>/downloads/<release name>``, moved
 or extracted into the layout of ``manual_dir`` that the builder reads, and the download folder is
@@ -18,14 +18,15 @@ import socket
 import tarfile
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import tensorflow_datasets as tfds
 from absl import logging
 
-from ssm.data.build import prepare_builder, tfds_output
+from ssm.data.build import builder_dataset, prepare_builder, tfds_output
+from ssm.data.registry import Dataset, DatasetSpec, resolve_data_dir
 
 STAGING = ".download"  # folder of manual_dir where a fetch is assembled before it is moved in
 
@@ -161,6 +162,27 @@ class Release:
             ) from None
 
 
+def archive_release(
+    name: str, title: str, url: str, folder: str, contents: tuple[str, ...]
+) -> Release:
+    """A release downloaded as one archive, kept as it is, or extracted as ``folder``.
+
+    Args:
+        name, title, url: as in ``Release``; the archive is named as the last part of ``url``.
+        folder: the archive's top folder.
+        contents: paths inside ``folder`` that must all exist when the archive is extracted.
+    """
+    archive = RemoteFile(url)
+    return Release(
+        name=name,
+        title=title,
+        url=url,
+        layouts=((archive.name,), tuple(f"{folder}/{path}" for path in contents)),
+        hint=f"put the archive (or its extracted {folder}/ folder) there",
+        files=(archive,),
+    )
+
+
 def _check_reachable(urls: list[str], timeout: float = 10.0) -> None:
     """Connects once to each URL's host, so that being offline fails in a second rather than
     after minutes of download retries. Skipped for a scheme with a proxy configured.
@@ -241,62 +263,64 @@ def _move_into(source: Path, target: Path) -> None:
         source.replace(target)
 
 
-def prepare(
+@dataclasses.dataclass(frozen=True)
+class ReleaseOptions:
+    """The options every dataset built from a downloaded release takes.
+
+    Attributes:
+        data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
+        manual_dir: folder of the release's files; None means ``<data_dir>/manual/<release name>``.
+        download: if the dataset is not prepared and manual_dir lacks the files, download them
+            there (``Release.fetch``; the downloads go to ``<data_dir>/downloads/<release name>``);
+            False never touches the network.
+    """
+
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    download: bool = False
+
+
+def release_dataset(
     builder_cls: type[tfds.core.GeneratorBasedBuilder],
     release: Release,
+    spec: DatasetSpec,
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    options: ReleaseOptions,
     *,
-    data_dir: str,
-    manual_dir: str | None,
     config: tfds.core.BuilderConfig | str | None = None,
-    download: bool = False,
-) -> tfds.core.GeneratorBasedBuilder:
-    """The builder, prepared as array_record from the release's files unless already prepared.
+    stored: Mapping[str, str] | None = None,
+) -> Dataset:
+    """A dataset of a downloaded release, its builder prepared as array_record unless it is.
 
     Args:
         builder_cls: the TFDS builder, reading the release's files from its ``manual_dir``.
         release: the files it reads.
-        data_dir: TFDS data directory.
-        manual_dir: folder of the release's files; None means ``<data_dir>/manual/<name>``.
+        spec: the dataset's spec.
+        fn: stored example -> example (see ``MappedSource``).
+        options: where the data is, and whether to download it.
         config: builder config (or its name); None means the builder's default.
-        download: fetch the release's files (``Release.fetch``) when the builder is not prepared
-            and they are missing; downloads go to ``<data_dir>/downloads/<name>``.
+        stored: split -> stored split (see ``builder_dataset``); None means the same names.
 
     Raises:
         MissingDataError: the builder is not prepared and the release's files are missing (and
             not downloaded: ``download`` false, or the download failed).
     """
-    folder = release.manual_dir(data_dir, manual_dir)
+    data_dir = resolve_data_dir(options.data_dir)
+    folder = release.manual_dir(data_dir, options.manual_dir)
 
     def check() -> None:
         try:
             release.layout(folder)
         except MissingDataError:
-            if not download:
+            if not options.download:
                 raise
             release.fetch(folder, Path(data_dir).expanduser() / "downloads" / release.name)
 
-    return prepare_builder(
+    builder = prepare_builder(
         builder_cls,
         data_dir=data_dir,
         config=config,
         download_config=tfds.download.DownloadConfig(manual_dir=str(folder)),
         check=check,
     )
-
-
-class MappedSource:
-    """A random-access source whose examples are ``fn(example)`` of another source's examples.
-
-    Args:
-        source: random-access examples (``len()``, ``__getitem__(i) -> dict``).
-        fn: example dict -> example dict; a picklable function (e.g. a ``functools.partial``).
-    """
-
-    def __init__(self, source, fn: Callable[[dict[str, Any]], dict[str, Any]]):
-        self.source, self.fn = source, fn
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.fn(self.source[index])
+    return builder_dataset(builder, spec, fn, stored)

@@ -16,17 +16,48 @@ import dataclasses
 import inspect
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 from ssm.config import from_mapping, options_dataclass, options_of
 from ssm.registry import Registry
 
 DATASETS = Registry("dataset")
+SPLITS = ("train", "validation", "test")
 
 
-def register_dataset(name: str) -> Callable[[Callable[..., "Dataset"]], Callable[..., "Dataset"]]:
-    """Function decorator: register a dataset factory under ``name``."""
-    return DATASETS.register(name)
+def register_dataset(
+    name: str, shared: type | None = None
+) -> Callable[[Callable[..., "Dataset"]], Callable[..., "Dataset"]]:
+    """Function decorator: register a dataset factory under ``name``.
+
+    Args:
+        name: the registry name.
+        shared: a dataclass of options that a family of datasets shares, declared and documented
+            there once. The factory takes them as ``**options``; its signature (the config schema)
+            gains the dataclass's fields, with their annotations and defaults, after its own.
+    """
+
+    def register(fn: Callable[..., "Dataset"]) -> Callable[..., "Dataset"]:
+        if shared is not None:
+            _share_options(fn, shared)
+        return DATASETS.register(name)(fn)
+
+    return register
+
+
+def _share_options(fn: Callable, shared: type) -> None:
+    signature = inspect.signature(fn)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    if len(own) == len(signature.parameters):
+        raise TypeError(f"{fn.__name__} must take **options to share {shared.__name__}")
+    hints = get_type_hints(shared, include_extras=True)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = [
+        inspect.Parameter(f.name, keyword, default=f.default, annotation=hints[f.name])
+        for f in dataclasses.fields(shared)
+    ]
+    fn.__signature__ = signature.replace(parameters=[*own, *extra])
+    fn.__annotations__ = {**fn.__annotations__, **hints}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +70,7 @@ class DatasetSpec:
         num_classes: number of label classes.
         d_input: real-valued input channels, or None for token inputs.
         vocab_size: token vocabulary size, or None for real-valued inputs.
-        splits: the split names ``source`` accepts.
+        splits: the split names ``source`` accepts; by default train, validation and test.
         paired: inputs are pairs, (2, l) tokens or (2, l, d_input), for a two-tower model
             (e.g. LRA Retrieval); lengths and masks are then per member, (2,) and (2, l).
     """
@@ -47,9 +78,9 @@ class DatasetSpec:
     name: str
     seq_len: int
     num_classes: int
-    d_input: int | None
-    vocab_size: int | None
-    splits: tuple[str, ...]
+    d_input: int | None = None
+    vocab_size: int | None = None
+    splits: tuple[str, ...] = SPLITS
     paired: bool = False
 
 
@@ -89,12 +120,22 @@ def resolve_data_dir(data_dir: str | None) -> str:
     return os.path.expanduser(data_dir)
 
 
-# Examples per split at each ``size``: None keeps every example. Datasets whose factory takes a
-# ``size`` option (the generated LRA tasks) build that size themselves; the others are cut to the
-# first examples of each split, so any preset can run quickly with ``dataset.size=small``.
-SIZES = {"full": None, "small": {"train": 2_000}, "tiny": {"train": 64}}
-SMALL_EVAL = {"small": 200, "tiny": 16}  # every split other than train
+# What ``size`` means for every dataset: (examples of train, examples of each other split);
+# ``full`` keeps every example. Datasets that generate their data (ListOps, Pathfinder) generate
+# that many; the others are cut to the first examples of each split, so any preset can run
+# quickly with ``dataset.size=small``.
+SIZES = {"small": (2_000, 200), "tiny": (64, 16)}
 Size = Literal["full", "small", "tiny"]
+
+
+def split_sizes(size: str, splits: tuple[str, ...] = SPLITS) -> dict[str, int] | None:
+    """Examples of each of ``splits`` at ``size`` (see ``SIZES``); None for ``full``."""
+    if size == "full":
+        return None
+    if size not in SIZES:
+        raise ValueError(f"unknown dataset size {size!r}; valid: full, {', '.join(SIZES)}")
+    train, other = SIZES[size]
+    return {split: train if split == "train" else other for split in splits}
 
 
 class Subset:
@@ -128,13 +169,11 @@ def dataset_options_class(name: str) -> type:
 
 
 def subset(dataset: Dataset, size: str) -> Dataset:
-    """``dataset`` with each split cut to its first examples: 2,000 / 200 for ``small``
-    (train / others), 64 / 16 for ``tiny``; ``full`` returns it unchanged."""
-    if size not in SIZES:
-        raise ValueError(f"unknown dataset size {size!r}; valid: {', '.join(SIZES)}")
-    if SIZES[size] is None:
+    """``dataset`` with each split cut to its first ``split_sizes(size)`` examples; ``full``
+    returns it unchanged."""
+    caps = split_sizes(size, dataset.spec.splits)
+    if caps is None:
         return dataset
-    caps = {split: SIZES[size].get(split, SMALL_EVAL[size]) for split in dataset.spec.splits}
     sources = {split: Subset(dataset.source(split), caps[split]) for split in dataset.spec.splits}
     return Dataset(dataset.spec, sources)
 

@@ -9,17 +9,20 @@ Token tasks put the data tokens first, ``0 .. data_vocab - 1``, and their specia
 marker, trigger) after them, so the labels are data tokens and ``num_classes`` is the output
 vocabulary. Their targets are per position: ``label`` (l,) int32, scored only where
 ``label_mask`` (l,) is True. The adding problem is real-valued with one label per sequence.
+
+Besides its own options, every task takes those of ``Splits``: examples per split and the seed.
 """
 
+import dataclasses
 import functools
 import operator
 from collections.abc import Callable
 
 import numpy as np
 
-from ssm.data.registry import Dataset, DatasetSpec, register_dataset
+from ssm.data.registry import SPLITS, Dataset, DatasetSpec, register_dataset
 
-SPLITS = ("train", "validation", "test")
+Generate = Callable[[np.random.Generator], dict]
 
 
 class GeneratedSource:
@@ -32,9 +35,7 @@ class GeneratedSource:
         split_id: index of the split in ``SPLITS``; different splits draw different examples.
     """
 
-    def __init__(
-        self, generate: Callable[[np.random.Generator], dict], size: int, *, seed, split_id
-    ):
+    def __init__(self, generate: Generate, size: int, *, seed, split_id):
         self.generate, self.size, self.seed, self.split_id = generate, size, seed, split_id
 
     def __len__(self) -> int:
@@ -54,20 +55,37 @@ def _require(condition: bool, message: str):
         raise ValueError(message)
 
 
-def _dataset(spec: DatasetSpec, generators: dict, sizes: dict, seed: int) -> Dataset:
-    """A Dataset whose split ``s`` has ``sizes[s]`` examples made by ``generators[s]``."""
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """The options every task takes.
+
+    Attributes:
+        num_train, num_val, num_test: examples per split.
+        seed: generation seed.
+    """
+
+    num_train: int = 10_000
+    num_val: int = 1_000
+    num_test: int = 1_000
+    seed: int = 0
+
+
+def _dataset(
+    spec: DatasetSpec, generators: Generate | dict[str, Generate], splits: Splits
+) -> Dataset:
+    """A Dataset whose splits have ``splits``' sizes of examples made by ``generators`` (one for
+    every split, or a dict of one per split)."""
+    seed, sizes = splits.seed, (splits.num_train, splits.num_val, splits.num_test)
     _require(seed >= 0, f"{spec.name}: seed must be non-negative, got {seed}")
-    for option, size in zip(("num_train", "num_val", "num_test"), sizes.values(), strict=True):
+    for option, size in zip(("num_train", "num_val", "num_test"), sizes, strict=True):
         _require(size >= 1, f"{spec.name}: {option} must be at least 1, got {size}")
+    if callable(generators):
+        generators = dict.fromkeys(SPLITS, generators)
     sources = {
-        split: GeneratedSource(generators[split], sizes[split], seed=seed, split_id=i)
-        for i, split in enumerate(SPLITS)
+        split: GeneratedSource(generators[split], size, seed=seed, split_id=i)
+        for i, (split, size) in enumerate(zip(SPLITS, sizes, strict=True))
     }
     return Dataset(spec=spec, sources=sources)
-
-
-def _sizes(num_train: int, num_val: int, num_test: int) -> dict[str, int]:
-    return dict(zip(SPLITS, (num_train, num_val, num_test), strict=True))
 
 
 def _scored_at(inputs: np.ndarray, positions, targets) -> dict:
@@ -95,7 +113,7 @@ def _copy_example(rng, *, seq_len, num_tokens, data_vocab, selective) -> dict:
     return _scored_at(inputs, slice(context, seq_len), tokens)
 
 
-def _copy_dataset(name, *, selective, seq_len, num_tokens, data_vocab, sizes, seed) -> Dataset:
+def _copying(name, splits, *, selective, seq_len, num_tokens, data_vocab) -> Dataset:
     _require(num_tokens >= 1, f"{name}: num_tokens must be positive, got {num_tokens}")
     _require(data_vocab >= 1, f"{name}: data_vocab must be positive, got {data_vocab}")
     _require(
@@ -103,6 +121,7 @@ def _copy_dataset(name, *, selective, seq_len, num_tokens, data_vocab, sizes, se
         f"{name}: seq_len={seq_len} must be at least 2 * num_tokens={2 * num_tokens} "
         "(the tokens to copy, then as many output positions)",
     )
+    spec = DatasetSpec(name, seq_len=seq_len, num_classes=data_vocab, vocab_size=data_vocab + 2)
     generate = functools.partial(
         _copy_example,
         seq_len=seq_len,
@@ -110,28 +129,11 @@ def _copy_dataset(name, *, selective, seq_len, num_tokens, data_vocab, sizes, se
         data_vocab=data_vocab,
         selective=selective,
     )
-    spec = DatasetSpec(
-        name=name,
-        seq_len=seq_len,
-        num_classes=data_vocab,
-        d_input=None,
-        vocab_size=data_vocab + 2,
-        splits=SPLITS,
-    )
-    return _dataset(spec, dict.fromkeys(SPLITS, generate), sizes, seed)
+    return _dataset(spec, generate, splits)
 
 
-@register_dataset("copying")
-def copying(
-    *,
-    seq_len: int = 128,
-    num_tokens: int = 10,
-    data_vocab: int = 8,
-    num_train: int = 10_000,
-    num_val: int = 1_000,
-    num_test: int = 1_000,
-    seed: int = 0,
-) -> Dataset:
+@register_dataset("copying", shared=Splits)
+def copying(*, seq_len: int = 128, num_tokens: int = 10, data_vocab: int = 8, **splits) -> Dataset:
     """The copying task: memorize a prefix of tokens and reproduce it after a delay.
 
     Inputs (l,): ``num_tokens`` random data tokens, blanks (token ``data_vocab``), then
@@ -142,30 +144,14 @@ def copying(
         seq_len: l, total length, at least ``2 * num_tokens``.
         num_tokens: tokens to memorize.
         data_vocab: distinct data tokens (the classes); the input vocabulary adds blank and marker.
-        num_train, num_val, num_test: examples per split.
-        seed: generation seed.
     """
-    return _copy_dataset(
-        "copying",
-        selective=False,
-        seq_len=seq_len,
-        num_tokens=num_tokens,
-        data_vocab=data_vocab,
-        sizes=_sizes(num_train, num_val, num_test),
-        seed=seed,
-    )
+    options = dict(seq_len=seq_len, num_tokens=num_tokens, data_vocab=data_vocab)
+    return _copying("copying", Splits(**splits), selective=False, **options)
 
 
-@register_dataset("selective_copying")
+@register_dataset("selective_copying", shared=Splits)
 def selective_copying(
-    *,
-    seq_len: int = 256,
-    num_tokens: int = 16,
-    data_vocab: int = 16,
-    num_train: int = 10_000,
-    num_val: int = 1_000,
-    num_test: int = 1_000,
-    seed: int = 0,
+    *, seq_len: int = 256, num_tokens: int = 16, data_vocab: int = 16, **splits
 ) -> Dataset:
     """Selective copying (Mamba, Gu & Dao 2023, sec. 3.1): copy tokens scattered among noise.
 
@@ -173,24 +159,10 @@ def selective_copying(
     tokens at sorted random positions, blanks (token ``data_vocab``) elsewhere; the last
     ``num_tokens`` positions are markers (token ``data_vocab + 1``) where the model must output the
     data tokens in order (``label_mask`` True there). Solving it needs content-aware selection,
-    which a time-invariant SSM lacks.
-
-    Args:
-        seq_len: l, total length, at least ``2 * num_tokens``.
-        num_tokens: tokens to copy.
-        data_vocab: distinct data tokens (the classes); the input vocabulary adds blank and marker.
-        num_train, num_val, num_test: examples per split.
-        seed: generation seed.
+    which a time-invariant SSM lacks. The options are those of ``copying``.
     """
-    return _copy_dataset(
-        "selective_copying",
-        selective=True,
-        seq_len=seq_len,
-        num_tokens=num_tokens,
-        data_vocab=data_vocab,
-        sizes=_sizes(num_train, num_val, num_test),
-        seed=seed,
-    )
+    options = dict(seq_len=seq_len, num_tokens=num_tokens, data_vocab=data_vocab)
+    return _copying("selective_copying", Splits(**splits), selective=True, **options)
 
 
 def _induction_example(rng, *, seq_len, data_vocab) -> dict:
@@ -203,16 +175,9 @@ def _induction_example(rng, *, seq_len, data_vocab) -> dict:
     return _scored_at(inputs, [seq_len - 1], [inputs[first + 1]])
 
 
-@register_dataset("induction_heads")
+@register_dataset("induction_heads", shared=Splits)
 def induction_heads(
-    *,
-    seq_len: int = 256,
-    eval_seq_len: int | None = None,
-    data_vocab: int = 16,
-    num_train: int = 10_000,
-    num_val: int = 1_000,
-    num_test: int = 1_000,
-    seed: int = 0,
+    *, seq_len: int = 256, eval_seq_len: int | None = None, data_vocab: int = 16, **splits
 ) -> Dataset:
     """Induction heads (Olsson et al. 2022; Mamba sec. 4.1.2): recall what followed a trigger.
 
@@ -225,8 +190,6 @@ def induction_heads(
         seq_len: l of the train split, at least 3.
         eval_seq_len: l of the validation and test splits; None means ``seq_len``.
         data_vocab: distinct data tokens (the classes); the input vocabulary adds the trigger.
-        num_train, num_val, num_test: examples per split.
-        seed: generation seed.
     """
     eval_seq_len = seq_len if eval_seq_len is None else eval_seq_len
     for option, length in (("seq_len", seq_len), ("eval_seq_len", eval_seq_len)):
@@ -235,15 +198,13 @@ def induction_heads(
     train = functools.partial(_induction_example, seq_len=seq_len, data_vocab=data_vocab)
     held_out = functools.partial(_induction_example, seq_len=eval_seq_len, data_vocab=data_vocab)
     spec = DatasetSpec(
-        name="induction_heads",
+        "induction_heads",
         seq_len=max(seq_len, eval_seq_len),
         num_classes=data_vocab,
-        d_input=None,
         vocab_size=data_vocab + 1,
-        splits=SPLITS,
     )
     generators = {"train": train, "validation": held_out, "test": held_out}
-    return _dataset(spec, generators, _sizes(num_train, num_val, num_test), seed)
+    return _dataset(spec, generators, Splits(**splits))
 
 
 def _mqar_example(rng, *, seq_len, vocab_size, num_kv_pairs, gap_probs) -> dict:
@@ -263,17 +224,14 @@ def _mqar_example(rng, *, seq_len, vocab_size, num_kv_pairs, gap_probs) -> dict:
     return _scored_at(inputs, queries, values)
 
 
-@register_dataset("mqar")
+@register_dataset("mqar", shared=Splits)
 def mqar(
     *,
     seq_len: int = 256,
     num_kv_pairs: int = 16,
     vocab_size: int = 256,
     power_a: float = 0.01,
-    num_train: int = 10_000,
-    num_val: int = 1_000,
-    num_test: int = 1_000,
-    seed: int = 0,
+    **splits,
 ) -> Dataset:
     """Multi-query associative recall (Zoology, Arora et al. 2023), after its generator.
 
@@ -289,8 +247,6 @@ def mqar(
         num_kv_pairs: pairs to remember and queries.
         vocab_size: input vocabulary, also the classes; at least ``2 * num_kv_pairs``.
         power_a: exponent of the power law of query gaps, in (0, 1]; 1 is uniform.
-        num_train, num_val, num_test: examples per split.
-        seed: generation seed.
     """
     _require(num_kv_pairs >= 1, f"mqar: num_kv_pairs must be positive, got {num_kv_pairs}")
     _require(
@@ -312,17 +268,8 @@ def mqar(
         num_kv_pairs=num_kv_pairs,
         gap_probs=gap_probs / gap_probs.sum(),
     )
-    spec = DatasetSpec(
-        name="mqar",
-        seq_len=seq_len,
-        num_classes=vocab_size,
-        d_input=None,
-        vocab_size=vocab_size,
-        splits=SPLITS,
-    )
-    return _dataset(
-        spec, dict.fromkeys(SPLITS, generate), _sizes(num_train, num_val, num_test), seed
-    )
+    spec = DatasetSpec("mqar", seq_len=seq_len, num_classes=vocab_size, vocab_size=vocab_size)
+    return _dataset(spec, generate, Splits(**splits))
 
 
 def _adding_example(rng, *, seq_len, num_bins) -> dict:
@@ -337,16 +284,8 @@ def _adding_example(rng, *, seq_len, num_bins) -> dict:
     return {"inputs": np.stack([values, markers], axis=-1), "label": label}
 
 
-@register_dataset("adding")
-def adding(
-    *,
-    seq_len: int = 200,
-    num_bins: int = 20,
-    num_train: int = 10_000,
-    num_val: int = 1_000,
-    num_test: int = 1_000,
-    seed: int = 0,
-) -> Dataset:
+@register_dataset("adding", shared=Splits)
+def adding(*, seq_len: int = 200, num_bins: int = 20, **splits) -> Dataset:
     """The adding problem (Hochreiter & Schmidhuber 1997), as classification of the sum.
 
     Inputs (l, 2): channel 0 holds values uniform in [0, 1), channel 1 marks two of them (1.0),
@@ -357,20 +296,9 @@ def adding(
     Args:
         seq_len: l, at least 2.
         num_bins: classes, equal-width bins of [0, 2).
-        num_train, num_val, num_test: examples per split.
-        seed: generation seed.
     """
     _require(seq_len >= 2, f"adding: seq_len must be at least 2, got {seq_len}")
     _require(num_bins >= 2, f"adding: num_bins must be at least 2, got {num_bins}")
     generate = functools.partial(_adding_example, seq_len=seq_len, num_bins=num_bins)
-    spec = DatasetSpec(
-        name="adding",
-        seq_len=seq_len,
-        num_classes=num_bins,
-        d_input=2,
-        vocab_size=None,
-        splits=SPLITS,
-    )
-    return _dataset(
-        spec, dict.fromkeys(SPLITS, generate), _sizes(num_train, num_val, num_test), seed
-    )
+    spec = DatasetSpec("adding", seq_len=seq_len, num_classes=num_bins, d_input=2)
+    return _dataset(spec, generate, Splits(**splits))

@@ -24,24 +24,18 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ssm.data.manual import MappedSource, Release, RemoteFile, prepare
-from ssm.data.registry import Dataset, DatasetSpec, register_dataset, resolve_data_dir
+from ssm.data.build import Builder
+from ssm.data.manual import Release, ReleaseOptions, RemoteFile, archive_release, release_dataset
+from ssm.data.registry import Dataset, DatasetSpec, register_dataset
 
 VOCAB_SIZE = 257  # 256 bytes shifted by one; token 0 is padding
-SPLITS = ("train", "validation", "test")
 
-IMDB = Release(
-    name="imdb",
-    title="IMDB reviews (aclImdb v1)",
-    url="https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
-    layouts=(
-        ("aclImdb_v1.tar.gz",),
-        tuple(
-            f"aclImdb/{split}/{label}" for split in ("train", "test") for label in ("neg", "pos")
-        ),
-    ),
-    hint="put the archive (or its extracted aclImdb/ folder) there",
-    files=(RemoteFile("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"),),
+IMDB = archive_release(
+    "imdb",
+    "IMDB reviews (aclImdb v1)",
+    "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+    folder="aclImdb",
+    contents=tuple(f"{split}/{label}" for split in ("train", "test") for label in ("neg", "pos")),
 )
 _IMDB_FILE = re.compile(r"aclImdb/(train|test)/(neg|pos)/[^/]+\.txt")
 
@@ -70,26 +64,17 @@ def tokens(document: np.ndarray, max_len: int) -> np.ndarray:
     return document[:max_len].astype(np.int32) + 1
 
 
-class ImdbRelease(tfds.core.GeneratorBasedBuilder):
+class ImdbRelease(Builder):
     """IMDB reviews read from ``aclImdb_v1.tar.gz`` or ``aclImdb/``; ``text`` (n,) uint8 bytes."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Download {IMDB.url} into manual_dir."
-    code_path = tfds.core.Path(__file__)  # see digits.py (tensorflow/datasets#11212)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="IMDB movie reviews as raw bytes (aclImdb v1).",
-            features=tfds.features.FeaturesDict(
-                {
-                    "text": tfds.features.Tensor(**_BYTES),
-                    "label": tfds.features.ClassLabel(names=["neg", "pos"]),
-                }
-            ),
-            homepage="https://ai.stanford.edu/~amaas/data/sentiment/",
-        )
+    DESCRIPTION = "IMDB movie reviews as raw bytes (aclImdb v1)."
+    HOMEPAGE = "https://ai.stanford.edu/~amaas/data/sentiment/"
+
+    def _features(self):
+        label = tfds.features.ClassLabel(names=["neg", "pos"])
+        return {"text": tfds.features.Tensor(**_BYTES), "label": label}
 
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
@@ -117,27 +102,17 @@ def _imdb_files(root: Path, archive: bool):
                 yield member.name, tar.extractfile(member).read
 
 
-class AanRelease(tfds.core.GeneratorBasedBuilder):
+class AanRelease(Builder):
     """AAN document pairs read from LRA's TSVs; ``text1``, ``text2`` (n,) uint8 bytes."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Copy new_aan_pairs.*.tsv of {AAN.url} into manual_dir."
-    code_path = tfds.core.Path(__file__)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="ACL Anthology Network document pairs of the Long Range Arena.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "text1": tfds.features.Tensor(**_BYTES),
-                    "text2": tfds.features.Tensor(**_BYTES),
-                    "label": tfds.features.ClassLabel(num_classes=2),
-                }
-            ),
-            homepage="https://github.com/google-research/long-range-arena",
-        )
+    DESCRIPTION = "ACL Anthology Network document pairs of the Long Range Arena."
+    HOMEPAGE = "https://github.com/google-research/long-range-arena"
+
+    def _features(self):
+        text1, text2 = tfds.features.Tensor(**_BYTES), tfds.features.Tensor(**_BYTES)
+        return {"text1": text1, "text2": text2, "label": tfds.features.ClassLabel(num_classes=2)}
 
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
@@ -179,72 +154,33 @@ def _aan_example(example: dict, max_len: int) -> dict:
     return {"inputs": inputs, "length": length, "label": example["label"]}
 
 
-@register_dataset("imdb")
-def imdb(
-    *,
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
-    download: bool = False,
-    max_len: int = 4096,
-):
+@register_dataset("imdb", shared=ReleaseOptions)
+def imdb(*, max_len: int = 4096, **options) -> Dataset:
     """LRA Text: IMDB reviews as byte tokens, built from the downloaded release on first use.
 
+    ``manual_dir`` holds ``aclImdb_v1.tar.gz`` or ``aclImdb/`` (default
+    ``<data_dir>/manual/imdb``); ``download`` fetches the archive (84 MB).
+
     Args:
-        data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
-        manual_dir: folder with ``aclImdb_v1.tar.gz`` or ``aclImdb/``; None means
-            ``<data_dir>/manual/imdb``.
-        download: if the dataset is not prepared and manual_dir lacks the files, download the
-            archive (84 MB) into manual_dir; False never touches the network.
         max_len: l, bytes kept from the start of each review.
     """
-    data_dir = resolve_data_dir(data_dir)
-    builder = prepare(
-        ImdbRelease, IMDB, data_dir=data_dir, manual_dir=manual_dir, download=download
-    )
+    spec = DatasetSpec("imdb", seq_len=max_len, num_classes=2, vocab_size=VOCAB_SIZE)
     fn = functools.partial(_imdb_example, max_len=max_len)
-    stored = builder.as_data_source()
-    sources = {split: MappedSource(stored[split], fn) for split in ("train", "test")}
-    spec = DatasetSpec(
-        name="imdb",
-        seq_len=max_len,
-        num_classes=2,
-        d_input=None,
-        vocab_size=VOCAB_SIZE,
-        splits=SPLITS,
-    )
-    return Dataset(spec=spec, sources={**sources, "validation": sources["test"]})
+    stored = {"train": "train", "validation": "test", "test": "test"}
+    return release_dataset(ImdbRelease, IMDB, spec, fn, ReleaseOptions(**options), stored=stored)
 
 
-@register_dataset("aan")
-def aan(
-    *,
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
-    download: bool = False,
-    max_len: int = 4000,
-):
+@register_dataset("aan", shared=ReleaseOptions)
+def aan(*, max_len: int = 4000, **options) -> Dataset:
     """LRA Retrieval: pairs of AAN papers as byte tokens (a two-tower, ``paired`` dataset).
 
+    ``manual_dir`` holds ``new_aan_pairs.{train,eval,test}.tsv`` (default
+    ``<data_dir>/manual/aan``); ``download`` fetches LRA's whole release (~7 GB, its only source)
+    and extracts the three TSVs.
+
     Args:
-        data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
-        manual_dir: folder with ``new_aan_pairs.{train,eval,test}.tsv``; None means
-            ``<data_dir>/manual/aan``.
-        download: if the dataset is not prepared and manual_dir lacks the files, download LRA's
-            whole release (~7 GB, its only source) and extract the three TSVs into manual_dir;
-            False never touches the network.
         max_len: l, bytes kept from the start of each document.
     """
-    data_dir = resolve_data_dir(data_dir)
-    builder = prepare(AanRelease, AAN, data_dir=data_dir, manual_dir=manual_dir, download=download)
+    spec = DatasetSpec("aan", seq_len=max_len, num_classes=2, vocab_size=VOCAB_SIZE, paired=True)
     fn = functools.partial(_aan_example, max_len=max_len)
-    spec = DatasetSpec(
-        name="aan",
-        seq_len=max_len,
-        num_classes=2,
-        d_input=None,
-        vocab_size=VOCAB_SIZE,
-        splits=SPLITS,
-        paired=True,
-    )
-    stored = builder.as_data_source()
-    return Dataset(spec=spec, sources={s: MappedSource(stored[s], fn) for s in SPLITS})
+    return release_dataset(AanRelease, AAN, spec, fn, ReleaseOptions(**options))

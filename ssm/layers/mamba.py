@@ -9,18 +9,19 @@ k = d_conv conv width.
 """
 
 import math
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssm.init import inverse_softplus, log_uniform, torch_linear_init
+from ssm.layers.base import SequenceLayer, canonical_dtype, valid_lengths
 from ssm.layers.registry import register_layer
-from ssm.ops.selective_scan import selective_scan
+from ssm.ops.conv import depthwise_conv
+from ssm.ops.selective_scan import SELECTIVE_SCAN, selective_scan, selective_state_update
 from ssm.params import SSMParam
-
-Impl = Literal["auto", "reference", "associative", "chunked", "chunked_sequential"]
 
 
 class MambaCache(NamedTuple):
@@ -35,30 +36,6 @@ class MambaCache(NamedTuple):
     ssm: jax.Array
 
 
-def inverse_softplus(y):
-    """x with softplus(x) = y, for y > 0."""
-    return y + jnp.log(-jnp.expm1(-y))
-
-
-def depthwise_conv(x, weight, bias, *, reverse: bool = False):
-    """Causal depthwise conv: y[t] = bias + sum_j weight[j] x[t - (k - 1) + j].
-
-    With ``reverse`` it is anti-causal: y[t] = bias + sum_j weight[j] x[t + (k - 1) - j].
-
-    Args:
-      x: (b, l, e).   weight: (k, e).   bias: (e,).
-
-    Returns:
-      (b, l, e) in x.dtype.
-    """
-    if reverse:
-        return jnp.flip(depthwise_conv(jnp.flip(x, 1), weight, bias), 1)
-    width, length = weight.shape[0], x.shape[1]
-    padded = jnp.pad(x, [(0, 0), (width - 1, 0), (0, 0)])
-    y = sum(padded[:, j : j + length] * weight[j] for j in range(width))
-    return (y + bias).astype(x.dtype)
-
-
 class SelectiveSSM(nnx.Module):
     """The part of a Mamba block after the input projection: conv1d, Δ/B/C projections, scan.
 
@@ -66,33 +43,33 @@ class SelectiveSSM(nnx.Module):
     """
 
     def __init__(
-        self, d_inner, *, d_state, d_conv, dt_rank, dt_min, dt_max, dt_init_floor, impl, dtype, rngs
+        self, d_inner, *, d_state, d_conv, dt_rank, dt, impl, impl_options, dtype, param_dtype, rngs
     ):
-        self.d_state, self.dt_rank, self.impl, self.dtype = d_state, dt_rank, impl, dtype
+        self.d_state, self.dt_rank = d_state, dt_rank
+        self.impl, self.impl_options = impl, impl_options
         bound = 1.0 / math.sqrt(d_conv)  # PyTorch's Conv1d default (fan_in = k per group)
         self.conv_weight = nnx.Param(
-            jax.random.uniform(rngs.params(), (d_conv, d_inner), minval=-bound, maxval=bound)
+            jax.random.uniform(rngs.params(), (d_conv, d_inner), param_dtype, -bound, bound)
         )
         self.conv_bias = nnx.Param(
-            jax.random.uniform(rngs.params(), (d_inner,), minval=-bound, maxval=bound)
+            jax.random.uniform(rngs.params(), (d_inner,), param_dtype, -bound, bound)
         )
+        linear = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.x_proj = nnx.Linear(
-            d_inner, dt_rank + 2 * d_state, use_bias=False, dtype=dtype, rngs=rngs
+            d_inner, dt_rank + 2 * d_state, kernel_init=torch_linear_init, **linear
         )
         dt_std = dt_rank**-0.5
         self.dt_proj = nnx.Linear(
             dt_rank,
             d_inner,
-            use_bias=False,
             kernel_init=lambda key, shape, dtype: jax.random.uniform(
                 key, shape, dtype, -dt_std, dt_std
             ),
-            dtype=dtype,
-            rngs=rngs,
+            **linear,
         )
-        u = jax.random.uniform(rngs.params(), (d_inner,))
-        dt = jnp.exp(u * (np.log(dt_max) - np.log(dt_min)) + np.log(dt_min))
-        self.dt_bias = SSMParam(inverse_softplus(jnp.maximum(dt, dt_init_floor)))
+        dt_min, dt_max, dt_init_floor = dt
+        initial_dt = log_uniform(rngs.params(), (d_inner,), dt_min, dt_max)
+        self.dt_bias = SSMParam(inverse_softplus(jnp.maximum(initial_dt, dt_init_floor)))
         A_log = np.log(np.broadcast_to(np.arange(1.0, d_state + 1), (d_inner, d_state)))
         self.A_log = SSMParam(jnp.asarray(A_log, jnp.float32))
         self.D = SSMParam(jnp.ones((d_inner,), jnp.float32))
@@ -107,60 +84,90 @@ class SelectiveSSM(nnx.Module):
         delta = jax.nn.softplus(self.dt_proj(dt).astype(jnp.float32) + self.dt_bias[...])
         return delta, B, C
 
-    def __call__(self, x, z, mask=None, *, reverse: bool = False):
-        """Parallel mode. x, z: (b, l, e), mask: (b, l) bool -> y: (b, l, e).
+    def conv_params(self, dtype):
+        return self.conv_weight[...].astype(dtype), self.conv_bias[...].astype(dtype)
+
+    def __call__(self, x, z, mask=None, *, state: MambaCache | None = None, reverse=False):
+        """Parallel mode. x, z: (b, l, e), mask: (b, l) bool -> (y (b, l, e), MambaCache).
 
         Δ is formed here (not by the op's dt_bias/dt_softplus) so that it can be 0 at padded
         positions: those steps are the identity on the state, so a valid position sees the
-        state of the sequence without the padding.
+        state of the sequence without the padding. The cache is that after the last valid
+        position (meaningless, but cheap, for ``reverse``).
         """
-        weight, bias = (
-            self.conv_weight[...].astype(self.dtype),
-            self.conv_bias[...].astype(self.dtype),
+        history = None if state is None else state.conv.astype(x.dtype)
+        x_in = x
+        x = nnx.silu(
+            depthwise_conv(x, *self.conv_params(x.dtype), history=history, reverse=reverse)
         )
-        x = nnx.silu(depthwise_conv(x, weight, bias, reverse=reverse))
         delta, B, C = self.delta_B_C(x)
         if mask is not None:
             delta = jnp.where(mask[..., None], delta, 0.0)
-        return selective_scan(
-            x, delta, self.A(), B, C, self.D[...], z, reverse=reverse, impl=self.impl
+        y, h = selective_scan(
+            x,
+            delta,
+            self.A(),
+            B,
+            C,
+            self.D[...],
+            z,
+            h0=None if state is None else state.ssm,
+            reverse=reverse,
+            return_state=True,
+            impl=self.impl,
+            **dict(self.impl_options),
         )
+        return y, MambaCache(conv=self._last_inputs(x_in, history, mask), ssm=h)
 
-    def initial_state(self, batch_size: int) -> MambaCache:
-        """Zero conv window (b, k - 1, e) and SSM state (b, e, n)."""
+    def _last_inputs(self, x, history, mask):
+        """The conv window after the last valid position: (b, k - 1, e)."""
+        width = self.conv_weight.shape[0]
+        if history is None:
+            history = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
+        inputs = jnp.concatenate([history, x], axis=1)  # (b, k - 1 + l, e)
+        lengths = valid_lengths(mask)
+        if lengths is None:
+            return inputs[:, inputs.shape[1] - (width - 1) :]
+        index = lengths[:, None] + jnp.arange(width - 1)[None, :]  # (b, k - 1)
+        return jnp.take_along_axis(inputs, index[..., None], axis=1)
+
+    def initial_state(self, batch_size: int, dtype) -> MambaCache:
+        """Zero conv window (b, k - 1, e) and SSM state (b, e, n) float32."""
         width, d_inner = self.conv_weight.shape
         return MambaCache(
-            conv=jnp.zeros((batch_size, width - 1, d_inner), self.dtype),
+            conv=jnp.zeros((batch_size, width - 1, d_inner), dtype),
             ssm=jnp.zeros((batch_size, d_inner, self.d_state), jnp.float32),
         )
 
     def step(self, x_t, z_t, cache: MambaCache):
         """One causal step. x_t, z_t: (b, e) -> (y_t (b, e), cache)."""
-        window = jnp.concatenate([cache.conv, x_t[:, None].astype(self.dtype)], axis=1)
-        weight = self.conv_weight[...].astype(self.dtype)
-        x_t = jnp.sum(window * weight, axis=1) + self.conv_bias[...].astype(self.dtype)
-        x_t = nnx.silu(x_t)
-        delta, B, C = self.delta_B_C(x_t)
-        xf, B, C = (a.astype(jnp.float32) for a in (x_t, B, C))
-        h = jnp.exp(delta[..., None] * self.A()) * cache.ssm + (delta * xf)[..., None] * B[:, None]
-        y = jnp.sum(h * C[:, None], axis=-1) + self.D[...] * xf
-        y = y * nnx.silu(z_t.astype(jnp.float32))
-        return y.astype(self.dtype), MambaCache(conv=window[:, 1:], ssm=h)
+        window = jnp.concatenate([cache.conv.astype(x_t.dtype), x_t[:, None]], axis=1)
+        weight, bias = self.conv_params(x_t.dtype)
+        x_conv = nnx.silu(jnp.sum(window * weight, axis=1) + bias)
+        delta, B, C = self.delta_B_C(x_conv)
+        y, h = selective_state_update(cache.ssm, x_conv, delta, self.A(), B, C, self.D[...], z_t)
+        return y, MambaCache(conv=window[:, 1:], ssm=h)
 
 
 @register_layer("mamba")
-class Mamba(nnx.Module):
+class Mamba(SequenceLayer):
     """Mamba block: in_proj -> (conv1d -> silu -> selective scan) * silu(z) -> out_proj.
 
-    Initialization follows the paper: Δ's bias is inverse-softplus of dt log-uniform in
-    [dt_min, dt_max] (floored at ``dt_init_floor``), A = -exp(A_log) with S4D-real A_log =
-    log(1..n), D = 1. A_log, D and dt_bias are ``SSMParam`` (own learning rate, no weight decay).
-    Parameters are float32; ``dtype`` is the compute dtype (the scan's math is float32).
+    Initialization follows the paper and its code: Δ's bias is inverse-softplus of dt
+    log-uniform in [dt_min, dt_max] (floored at ``dt_init_floor``), A = -exp(A_log) with S4D-real
+    A_log = log(1..n), D = 1, the projections uniform in ±1/√fan_in (PyTorch's Linear). A_log, D
+    and dt_bias are ``SSMParam`` (own learning rate, no weight decay, float32). The scan's math
+    is float32 whatever ``dtype``.
+
+    ``impl`` picks the selective-scan implementation (any name registered in
+    ``SELECTIVE_SCAN``); ``impl_options`` are its own options (``chunk_size``).
 
     ``bidirectional``: a second SelectiveSSM (own conv, projections, A_log, D, dt_bias) runs
     anti-causally (reversed conv and ``reverse=True`` scan) on the same in_proj output; the two
-    gated outputs are summed before out_proj. It has no recurrent ``step``.
+    gated outputs are summed before out_proj. It has no recurrent state.
     """
+
+    output_projection = True
 
     def __init__(
         self,
@@ -174,8 +181,10 @@ class Mamba(nnx.Module):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         bidirectional: bool = False,
-        impl: Impl = "auto",
-        dtype=jnp.float32,
+        impl: SELECTIVE_SCAN.impl_type = "auto",
+        impl_options: dict | None = None,
+        dtype=None,
+        param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         for name, value in dict(d_state=d_state, d_conv=d_conv, expand=expand).items():
@@ -189,53 +198,63 @@ class Mamba(nnx.Module):
             raise ValueError(
                 f"Mamba needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
             )
-        self.d_model, self.d_output, self.dtype = d_model, d_model, dtype
+        SELECTIVE_SCAN.check(impl, "Mamba impl")
+        self.dtype, self.param_dtype = canonical_dtype(dtype), canonical_dtype(param_dtype)
+        self.d_model, self.d_output = d_model, d_model
         self.d_inner = expand * d_model
         self.bidirectional = bidirectional
         ssm_options = dict(
             d_state=d_state,
             d_conv=d_conv,
             dt_rank=dt_rank or math.ceil(d_model / 16),
-            dt_min=dt_min,
-            dt_max=dt_max,
-            dt_init_floor=dt_init_floor,
+            dt=(dt_min, dt_max, dt_init_floor),
             impl=impl,
-            dtype=dtype,
+            impl_options=tuple(sorted((impl_options or {}).items())),
             rngs=rngs,
         )
-        self.in_proj = nnx.Linear(d_model, 2 * self.d_inner, use_bias=False, dtype=dtype, rngs=rngs)
-        self.ssm = SelectiveSSM(self.d_inner, **ssm_options)
-        self.ssm_reverse = SelectiveSSM(self.d_inner, **ssm_options) if bidirectional else None
-        self.out_proj = nnx.Linear(self.d_inner, d_model, use_bias=False, dtype=dtype, rngs=rngs)
+        dtypes = dict(dtype=self.dtype, param_dtype=param_dtype)
+        self.ssm = SelectiveSSM(self.d_inner, **ssm_options, **dtypes)
+        self.ssm_reverse = (
+            SelectiveSSM(self.d_inner, **ssm_options, **dtypes) if bidirectional else None
+        )
+        linear = dict(use_bias=False, kernel_init=torch_linear_init, **dtypes, rngs=rngs)
+        self.in_proj = nnx.Linear(d_model, 2 * self.d_inner, **linear)
+        self.out_proj = nnx.Linear(self.d_inner, d_model, **linear)
 
-    def __call__(self, x, mask=None):
+    @property
+    def recurrent(self) -> bool:
+        return not self.bidirectional
+
+    def __call__(self, x, mask=None, *, state: MambaCache | None = None, return_state=False):
         """Parallel mode. x: (b, l, d), mask: (b, l) bool -> y: (b, l, d); padding is zeroed.
 
         Padded positions neither change the state nor enter the conv window of a valid position,
         so valid outputs do not depend on what the padding holds (nor on its length for padding
-        at the ends).
+        at the ends). ``state``/``return_state``: the MambaCache to start from / to return.
         """
-        x, z = jnp.split(self.in_proj(x), 2, axis=-1)  # (b, l, e) each
+        if state is not None or return_state:
+            self.require_state("state in or out")
+        dtype = self.compute_dtype(x)
+        x, z = jnp.split(self.in_proj(x.astype(dtype)), 2, axis=-1)  # (b, l, e) each
         if mask is not None:  # padding never enters a valid position's conv window
             x = jnp.where(mask[..., None], x, 0)
-        y = self.ssm(x, z, mask)
+        y, cache = self.ssm(x, z, mask, state=state)
         if self.ssm_reverse is not None:
-            y = y + self.ssm_reverse(x, z, mask, reverse=True)
-        y = self.out_proj(y)
+            y = y + self.ssm_reverse(x, z, mask, reverse=True)[0]
+        y = self.out_proj(y.astype(dtype))
         if mask is not None:
             y = jnp.where(mask[..., None], y, 0)
-        return y
+        return (y, cache) if return_state else y
 
     def initial_state(self, batch_size: int) -> MambaCache:
-        """Zero cache: conv window (b, k - 1, e) and SSM state (b, e, n) float32."""
-        return self.ssm.initial_state(batch_size)
+        """Zero cache: conv window (b, k - 1, e) in the compute dtype, SSM state (b, e, n) f32."""
+        self.require_state("initial_state()")
+        return self.ssm.initial_state(batch_size, self.dtype or self.param_dtype)
 
     def step(self, x_t, state: MambaCache):
         """One recurrent step. x_t: (b, d) -> (y_t (b, d), state)."""
-        if self.bidirectional:
-            raise ValueError(
-                "a bidirectional Mamba has no recurrent step(); use bidirectional=False"
-            )
-        x_t, z_t = jnp.split(self.in_proj(x_t), 2, axis=-1)
+        self.require_state("step()")
+        dtype = self.compute_dtype(x_t)
+        x_t, z_t = jnp.split(self.in_proj(x_t.astype(dtype)), 2, axis=-1)
         y_t, state = self.ssm.step(x_t, z_t, state)
-        return self.out_proj(y_t), state
+        return self.out_proj(y_t.astype(dtype)), state

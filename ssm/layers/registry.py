@@ -1,12 +1,7 @@
-"""The layer registry: the backbone picks sequence layers by name (``layer=s4d``, ``layer=mamba``).
+"""The layer registry: backbones pick sequence layers by name (``layer=s4d``, ``layer=mamba``).
 
-A registered layer is an ``nnx.Module`` constructed as ``cls(d_model, *, <options>, dtype, rngs)``
-with keyword-only options (their annotations and defaults are the config schema), and provides:
-
-- ``d_output``: the feature size of its output;
-- ``__call__(x, mask=None) -> y``: parallel mode, x (b, l, d_model) -> y (b, l, d_output);
-- ``initial_state(batch_size)`` and ``step(x_t, state) -> (y_t, state)``: recurrent mode,
-  x_t (b, d_model) -> y_t (b, d_output).
+A registered layer follows the contract of ``ssm.layers.base`` (``SequenceLayer``); its
+keyword-only constructor options (annotations and defaults) are its config schema.
 """
 
 from ssm.config import options_dataclass

@@ -11,43 +11,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm.hippo import legs_diagonal
+from ssm.init import S4DInit, s4d_diagonal
+from ssm.layers.base import SequenceLayer, canonical_dtype, valid_lengths
 from ssm.layers.registry import register_layer
-from ssm.ops.conv import long_conv
-from ssm.ops.kernels import HIGHEST, discretize_diagonal, vandermonde_kernel
+from ssm.ops.conv import LONG_CONV, long_conv
+from ssm.ops.kernels import diagonal_ssm_step, discretize_diagonal, vandermonde_kernel
+from ssm.ops.numerics import HIGHEST
 from ssm.params import SSMParam
-
-Init = Literal["legs", "lin", "inv", "real"]
-
-
-def s4d_init_A(init: Init, d_state: int) -> np.ndarray:
-    """Initial diagonal A of S4D, one of each conjugate pair.
-
-    legs: eigenvalues of the normal part of HiPPO-LegS;  lin: -1/2 + iπk;
-    inv: -1/2 + i n/π (n/(2k+1) - 1);  real: -(k+1).
-
-    Returns:
-      (d_state // 2,) complex128.
-    """
-    n2 = d_state // 2
-    k = np.arange(n2)
-    if init == "legs":
-        return legs_diagonal(d_state)
-    if init == "lin":
-        return -0.5 + 1j * np.pi * k
-    if init == "inv":
-        return -0.5 + 1j * d_state / np.pi * (d_state / (2 * k + 1) - 1)
-    if init == "real":
-        return -(k + 1.0) + 0j
-    raise ValueError(f"unknown S4D init {init!r}; valid: legs, lin, inv, real")
 
 
 @register_layer("s4d")
-class S4D(nnx.Module):
-    """Diagonal SSM layer: parallel mode by Vandermonde kernel + FFT convolution, recurrent step().
+class S4D(SequenceLayer):
+    """Diagonal SSM layer: parallel mode by Vandermonde kernel + long convolution, recurrent step().
 
-    Kernel math runs in float32/complex64 whatever ``dtype``; the output is cast to ``dtype``.
-    Output features: ``channels * d_model`` (the backbone's output projection mixes them).
+    Kernel math runs in float32/complex64 whatever ``dtype``; the output is cast to the compute
+    dtype. Output features: ``channels * d_model`` (the backbone's output projection mixes them).
+    ``impl`` picks the long-convolution implementation (a name registered in ``LONG_CONV``).
+    The state is (b, h, n2) complex64; a bidirectional S4D has none.
     """
 
     def __init__(
@@ -55,13 +35,15 @@ class S4D(nnx.Module):
         d_model: int,
         *,
         d_state: int = 64,
-        init: Init = "legs",
+        init: S4DInit = "legs",
         disc: Literal["zoh", "bilinear"] = "zoh",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         channels: int = 1,
         bidirectional: bool = False,
-        dtype=jnp.float32,
+        impl: LONG_CONV.impl_type = "auto",
+        dtype=None,
+        param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         if d_state < 2 or d_state % 2:
@@ -73,19 +55,21 @@ class S4D(nnx.Module):
         if channels < 1:
             raise ValueError(f"S4D channels must be >= 1, got {channels}")
         self.d_model, self.d_state, self.channels = d_model, d_state, channels
-        self.disc, self.bidirectional, self.dtype = disc, bidirectional, dtype
+        LONG_CONV.check(impl, "S4D impl")
+        self.disc, self.bidirectional, self.impl = disc, bidirectional, impl
+        self.dtype, self.param_dtype = canonical_dtype(dtype), canonical_dtype(param_dtype)
         self.d_output = channels * d_model
         h, n2 = d_model, d_state // 2
         copies = channels * (2 if bidirectional else 1)
 
         u = jax.random.uniform(rngs.params(), (h,))
         self.log_dt = SSMParam(u * (np.log(dt_max) - np.log(dt_min)) + np.log(dt_min))
-        A = np.broadcast_to(s4d_init_A(init, d_state), (h, n2))
+        A = np.broadcast_to(s4d_diagonal(init, d_state), (h, n2))
         self.log_A_real = SSMParam(jnp.asarray(np.log(-A.real), jnp.float32))
         self.A_imag = SSMParam(jnp.asarray(A.imag, jnp.float32))
         self.B = SSMParam(jnp.stack([jnp.ones((h, n2)), jnp.zeros((h, n2))], -1))
         self.C = SSMParam(jax.random.normal(rngs.params(), (copies, h, n2, 2)) * np.sqrt(0.5))
-        self.D = nnx.Param(jax.random.normal(rngs.params(), (channels, h)))
+        self.D = nnx.Param(jax.random.normal(rngs.params(), (channels, h), self.param_dtype))
 
     def discrete(self):
         """(log Ā, dB, C) of the discretized SSM: (h, n2), (h, n2) complex64, (copies, h, n2)."""
@@ -99,33 +83,69 @@ class S4D(nnx.Module):
         """Kernel, (copies, h, l) float32; copies = channels (2x if bidirectional)."""
         return vandermonde_kernel(*self.discrete(), length)
 
-    def __call__(self, x, mask=None):
-        """Parallel mode.  x: (b, l, h) -> y: (b, l, channels * h); padded positions are zeroed."""
+    @property
+    def recurrent(self) -> bool:
+        return not self.bidirectional
+
+    def __call__(self, x, mask=None, *, state=None, return_state=False):
+        """Parallel mode.  x: (b, l, h) -> y: (b, l, channels * h); padded positions are zeroed.
+
+        ``state`` (b, h, n2) complex: the state before x[:, 0]; its free response is added.
+        ``return_state``: also return the state after the last valid position.
+        """
+        if state is not None or return_state:
+            self.require_state("state in or out")
         b, length, h = x.shape
         if mask is not None:
             x = jnp.where(mask[..., None], x, 0)
+        u = x.astype(jnp.float32)  # (b, l, h)
         k = jnp.swapaxes(self.kernel(length).T, 1, 2)  # (l, copies, h)
-        u = x.astype(jnp.float32)[:, :, None, :]  # (b, l, 1, h)
+        c = self.channels
         if self.bidirectional:
-            y = long_conv(u, k[:, : self.channels], k[:, self.channels :])
+            y = long_conv(u[:, :, None], k[:, :c], k[:, c:], impl=self.impl)
         else:
-            y = long_conv(u, k)
-        y = y + self.D[...] * u
-        return y.reshape(b, length, self.d_output).astype(self.dtype)
+            y = long_conv(u[:, :, None], k, impl=self.impl)
+        y = y + self.D[...].astype(jnp.float32) * u[:, :, None]  # (b, l, c, h)
+        log_dA, dB, C = self.discrete()
+        if state is not None:  # free response: y_t += 2 Re(C Ā^(t+1) h0)
+            powers = jnp.exp(log_dA[..., None] * jnp.arange(1, length + 1))  # (h, n2, l)
+            y = y + 2.0 * jnp.einsum("chn,bhn,hnl->blch", C, state, powers, precision=HIGHEST).real
+        if mask is not None:
+            y = jnp.where(mask[..., None, None], y, 0)
+        y = y.reshape(b, length, self.d_output).astype(self.compute_dtype(x))
+        if not return_state:
+            return y
+        return y, self._final_state(u, mask, log_dA, dB, state)
+
+    def _final_state(self, u, mask, log_dA, dB, state):
+        """State after the last valid position: Ā^L h0 + sum_s Ā^(L-1-s) dB u_s, (b, h, n2).
+
+        Rows are shifted right so their valid part ends at the last position (padded inputs are
+        zero), so one Vandermonde product serves every length L of the batch.
+        """
+        b, length, _ = u.shape
+        lengths = valid_lengths(mask)
+        if lengths is None:
+            lengths = jnp.full((b,), length, jnp.int32)
+        else:
+            source = jnp.arange(length)[None, :] - (length - lengths[:, None])  # (b, l)
+            u = jnp.take_along_axis(u, jnp.maximum(source, 0)[..., None], axis=1)
+            u = jnp.where((source >= 0)[..., None], u, 0.0)
+        decay = jnp.exp(log_dA[..., None] * jnp.arange(length - 1, -1, -1))  # (h, n2, l)
+        h = dB * jnp.einsum("blh,hnl->bhn", u.astype(decay.dtype), decay, precision=HIGHEST)
+        if state is not None:
+            h = h + jnp.exp(log_dA * lengths[:, None, None]) * state
+        return h
 
     def initial_state(self, batch_size: int):
         """Zero state, (b, h, n2) complex64."""
+        self.require_state("initial_state()")
         return jnp.zeros((batch_size, self.d_model, self.d_state // 2), jnp.complex64)
 
     def step(self, x_t, state):
         """One recurrent step. x_t: (b, h), state: (b, h, n2) -> (y_t (b, c*h), state)."""
-        if self.bidirectional:
-            raise ValueError("a bidirectional S4D has no recurrent step(); use bidirectional=False")
+        self.require_state("step()")
         log_dA, dB, C = self.discrete()
-        u = x_t.astype(jnp.float32)
-        state = jnp.exp(log_dA) * state + dB * u[..., None]
-        y = (
-            2.0 * jnp.einsum("chn,bhn->bch", C, state, precision=HIGHEST).real
-            + self.D[...] * u[:, None, :]
-        )
-        return y.reshape(x_t.shape[0], self.d_output).astype(self.dtype), state
+        D = self.D[...].astype(jnp.float32)
+        y, state = diagonal_ssm_step(state, x_t.astype(jnp.float32), jnp.exp(log_dA), dB, C, D)
+        return y.reshape(x_t.shape[0], self.d_output).astype(self.compute_dtype(x_t)), state

@@ -1,4 +1,5 @@
-"""MambaLM: a Mamba language model with cached, compiled-once generation, and its checkpoints.
+"""LanguageModel: a causal LM over any recurrent registered layer, with cached, compiled-once
+generation (parallel prefill, then recurrent decoding), and its checkpoints.
 
 Notation: b batch, l length, l0 prompt length, d = d_model, v vocabulary.
 """
@@ -14,8 +15,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ssm.layers.mamba import Mamba, MambaCache
-from ssm.models.sequence import DTYPES
+from ssm.layers.registry import LAYERS
+from ssm.models.sequence import DTYPES, ResidualBlock
 
 OPTIONS_FILE = "model.json"
 PARAMS_DIR = "params"
@@ -65,11 +66,14 @@ def sample_token(key, logits, *, temperature: float, top_k: int | None, top_p: f
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-class MambaLM(nnx.Module):
-    """Embedding -> n_layers x (h + Mamba(RMSNorm(h))) -> RMSNorm -> tied head (h @ embedding.T).
+class LanguageModel(nnx.Module):
+    """Causal LM over any recurrent registered layer: embedding -> n_layers residual blocks
+    (x + update(layer(RMSNorm(x)))) -> RMSNorm -> tied head (h @ embedding.T).
 
-    The residual stream is float32 whatever ``dtype`` (the compute dtype of the blocks); logits
-    are float32. ``layer_options`` are Mamba's options (``bidirectional`` is not allowed).
+    ``output``: the residual update after the layer, as in ``SequenceModel`` ("glu", "linear",
+    "none"); "auto" is "none" for layers with their own output projection (Mamba), else "glu".
+    The residual stream is float32 whatever ``dtype`` (the blocks' compute dtype); logits are
+    float32. The last projection of each block is scaled by 1/sqrt(n_layers) (GPT-2 / Mamba).
     """
 
     def __init__(
@@ -78,24 +82,25 @@ class MambaLM(nnx.Module):
         d_model: int,
         n_layers: int,
         *,
+        layer: str = "mamba",
         layer_options: dict | None = None,
+        output: Literal["auto", "glu", "linear", "none"] = "auto",
         dtype: Literal["float32", "bfloat16"] = "float32",
         rngs: nnx.Rngs,
     ):
+        layer_cls = LAYERS.get(layer)
         layer_options = dict(layer_options or {})
-        if layer_options.get("bidirectional"):
-            raise ValueError("MambaLM is causal: layer_options.bidirectional must be false")
         if dtype not in DTYPES:
-            raise ValueError(f"MambaLM dtype={dtype!r} is not valid; valid: {', '.join(DTYPES)}")
+            raise ValueError(
+                f"LanguageModel dtype={dtype!r} is not valid; valid: {', '.join(DTYPES)}"
+            )
         for name, value in dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers).items():
             if value < 1:
-                raise ValueError(f"MambaLM {name} must be >= 1, got {value}")
-        self.vocab_size, self.d_model, self.n_layers, self.dtype = (
-            vocab_size,
-            d_model,
-            n_layers,
-            dtype,
-        )
+                raise ValueError(f"LanguageModel {name} must be >= 1, got {value}")
+        if output == "auto":
+            output = "none" if layer_cls.output_projection else "glu"
+        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
+        self.layer, self.output, self.dtype = layer, output, dtype
         self.layer_options = tuple(sorted(layer_options.items()))  # hashable: part of the graphdef
         compute = DTYPES[dtype]
         self.embedding = nnx.Embed(
@@ -105,14 +110,25 @@ class MambaLM(nnx.Module):
             embedding_init=nnx.initializers.normal(0.02),
             rngs=rngs,
         )
-        self.norms = nnx.List(
-            nnx.RMSNorm(d_model, epsilon=1e-5, dtype=compute, rngs=rngs) for _ in range(n_layers)
+        block = dict(norm="rms", prenorm=True, activation="gelu", output=output, dropout=0.0)
+        self.blocks = nnx.List(
+            ResidualBlock(
+                d_model,
+                layer_cls(d_model, **layer_options, dtype=compute, rngs=rngs),
+                **block,
+                dtype=compute,
+                rngs=rngs,
+            )
+            for _ in range(n_layers)
         )
-        self.layers = nnx.List(
-            Mamba(d_model, **layer_options, dtype=compute, rngs=rngs) for _ in range(n_layers)
-        )
-        for layer in self.layers:  # GPT-2 / Mamba prenorm-residual rescaling
-            layer.out_proj.kernel[...] = layer.out_proj.kernel[...] / math.sqrt(n_layers)
+        for b in self.blocks:
+            if not b.layer.recurrent:
+                raise ValueError(
+                    f"LanguageModel is causal: layer {layer!r} with these layer_options has no "
+                    "recurrent state; set layer_options.bidirectional=false"
+                )
+            last = b.out if b.out is not None else b.layer.out_proj
+            last.kernel[...] = last.kernel[...] / math.sqrt(n_layers)
         self.final_norm = nnx.RMSNorm(d_model, epsilon=1e-5, dtype=compute, rngs=rngs)
 
     def options(self) -> dict:
@@ -121,33 +137,41 @@ class MambaLM(nnx.Module):
             vocab_size=self.vocab_size,
             d_model=self.d_model,
             n_layers=self.n_layers,
+            layer=self.layer,
             layer_options=dict(self.layer_options),
+            output=self.output,
             dtype=self.dtype,
         )
 
     def _logits(self, h):
         return self.embedding.attend(self.final_norm(h)).astype(jnp.float32)
 
-    def __call__(self, tokens):
-        """Parallel mode. tokens: (b, l) int -> logits (b, l, v) float32."""
+    def __call__(self, tokens, *, state=None, return_state=False):
+        """Parallel mode. tokens: (b, l) int -> logits (b, l, v) float32 [and the state].
+
+        ``state``: a state from ``initial_state`` or an earlier call to continue from;
+        ``return_state``: also return the state after the last position (prompt prefill).
+        """
         h = self.embedding(tokens).astype(jnp.float32)
-        for norm, layer in zip(self.norms, self.layers, strict=True):
-            h = h + layer(norm(h))
-        return self._logits(h)
+        states = [None] * self.n_layers if state is None else list(state)
+        for i, block in enumerate(self.blocks):
+            out = block(h, None, train=False, key=None, state=states[i], return_state=return_state)
+            h, states[i] = out if return_state else (out, None)
+        logits = self._logits(h)
+        return (logits, tuple(states)) if return_state else logits
 
-    def initial_state(self, batch_size: int) -> tuple[MambaCache, ...]:
-        """Empty cache: one MambaCache per layer."""
-        return tuple(layer.initial_state(batch_size) for layer in self.layers)
+    def initial_state(self, batch_size: int) -> tuple:
+        """Empty state: one per layer."""
+        return tuple(block.layer.initial_state(batch_size) for block in self.blocks)
 
-    def step(self, token, cache: tuple[MambaCache, ...]):
-        """One token. token: (b,) int -> (logits (b, v) float32, cache); cost independent of l."""
+    def step(self, token, state: tuple):
+        """One token. token: (b,) int -> (logits (b, v) float32, state); cost independent of l."""
         h = self.embedding(token).astype(jnp.float32)
-        new_cache = []
-        for norm, layer, layer_cache in zip(self.norms, self.layers, cache, strict=True):
-            y, layer_cache = layer.step(norm(h), layer_cache)
-            h = h + y
-            new_cache.append(layer_cache)
-        return self._logits(h), tuple(new_cache)
+        new_state = []
+        for block, layer_state in zip(self.blocks, state, strict=True):
+            h, layer_state = block.step(h, layer_state)
+            new_state.append(layer_state)
+        return self._logits(h), tuple(new_state)
 
     def generate(
         self,
@@ -162,9 +186,9 @@ class MambaLM(nnx.Module):
     ):
         """Continue ``prompt`` by ``max_new_tokens`` tokens with the recurrent cache.
 
-        The prompt is fed through ``step`` token by token, then each new token is sampled and fed
-        back; both loops are ``lax.scan``s in one jitted function, compiled once per (shapes,
-        sampling settings) and reused for every token and every later call.
+        The prompt goes through one parallel call (``return_state=True``), then each new token
+        is sampled and fed back through ``step`` in a ``lax.scan``; both are one jitted
+        function, compiled once per (shapes, sampling settings) and reused for every later call.
 
         Args:
           prompt: (b, l0) int tokens, l0 >= 1.
@@ -218,18 +242,11 @@ class MambaLM(nnx.Module):
 def _generate(
     graphdef, state, prompt, key, *, max_new_tokens, temperature, top_k, top_p, stop_token
 ):
-    """The body of ``MambaLM.generate``: prompt scan, then decoding scan. -> (b, l0 + new)."""
+    """The body of ``LanguageModel.generate``: parallel prefill, decoding scan -> (b, l0 + new)."""
     model = nnx.merge(graphdef, state)
     batch_size = prompt.shape[0]
-
-    def consume(carry, token):
-        _, cache = carry
-        return model.step(token, cache), None
-
-    empty_logits = jnp.zeros((batch_size, model.vocab_size), jnp.float32)
-    (logits, cache), _ = jax.lax.scan(
-        consume, (empty_logits, model.initial_state(batch_size)), prompt.T
-    )
+    logits, cache = model(prompt, return_state=True)
+    logits = logits[:, -1]
 
     def decode(carry, step_key):
         logits, cache, stopped = carry
@@ -246,7 +263,7 @@ def _generate(
     return jnp.concatenate([prompt, new_tokens.T], axis=1)
 
 
-def save_lm(path: str | Path, model: MambaLM) -> None:
+def save_lm(path: str | Path, model: LanguageModel) -> None:
     """Write ``model`` to the folder ``path``: ``model.json`` (options) and orbax ``params/``."""
     path = Path(path).absolute()
     path.mkdir(parents=True, exist_ok=True)
@@ -255,19 +272,46 @@ def save_lm(path: str | Path, model: MambaLM) -> None:
         checkpointer.save(path / PARAMS_DIR, nnx.to_pure_dict(nnx.state(model)), force=True)
 
 
-def load_lm(path: str | Path) -> MambaLM:
-    """The MambaLM that ``save_lm`` wrote to ``path``."""
+def _mamba_lm_layout(params: dict) -> dict:
+    """A LanguageModel(layer="mamba") parameter tree in the layout of the former MambaLM."""
+    blocks = params["blocks"]
+    return {
+        "embedding": params["embedding"],
+        "norms": {i: block["norm"] for i, block in blocks.items()},
+        "layers": {i: block["layer"] for i, block in blocks.items()},
+        "final_norm": params["final_norm"],
+    }
+
+
+def load_lm(path: str | Path) -> LanguageModel:
+    """The LanguageModel that ``save_lm`` wrote to ``path``.
+
+    A checkpoint of the former ``MambaLM`` (its model.json has no ``layer``) loads as
+    ``LanguageModel(layer="mamba")``: the same parameters, rearranged.
+    """
     path = Path(path).absolute()
     if not (path / OPTIONS_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
         raise FileNotFoundError(
-            f"no MambaLM checkpoint at {path}: expected {OPTIONS_FILE} and {PARAMS_DIR}/ "
+            f"no language model checkpoint at {path}: expected {OPTIONS_FILE} and {PARAMS_DIR}/ "
             "(written by ssm.models.save_lm)"
         )
     options = json.loads((path / OPTIONS_FILE).read_text())
-    abstract_model = nnx.eval_shape(lambda: MambaLM(**options, rngs=nnx.Rngs(0)))
+    former_mamba_lm = "layer" not in options
+    abstract_model = nnx.eval_shape(lambda: LanguageModel(**options, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract_model)
     like = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
     with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(path / PARAMS_DIR, like)
+        params = checkpointer.restore(
+            path / PARAMS_DIR, _mamba_lm_layout(like) if former_mamba_lm else like
+        )
+    if former_mamba_lm:
+        blocks = {
+            i: {"norm": params["norms"][i], "layer": params["layers"][i]} for i in like["blocks"]
+        }
+        params = {
+            "embedding": params["embedding"],
+            "blocks": blocks,
+            "final_norm": params["final_norm"],
+        }
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state)

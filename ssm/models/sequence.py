@@ -1,5 +1,6 @@
 """SequenceModel: encoder -> N residual blocks of a registered sequence layer -> pooling -> head."""
 
+import functools
 from typing import Literal
 
 import jax
@@ -9,7 +10,14 @@ from flax import nnx
 from ssm.config import options_dataclass
 from ssm.layers.registry import LAYERS
 
-ACTIVATIONS = {"gelu": nnx.gelu, "relu": nnx.relu, "silu": nnx.silu, "tanh": jnp.tanh}
+# "gelu" is exact (erf), as in the S4 code; "gelu_tanh" is the tanh approximation.
+ACTIVATIONS = {
+    "gelu": functools.partial(nnx.gelu, approximate=False),
+    "gelu_tanh": functools.partial(nnx.gelu, approximate=True),
+    "relu": nnx.relu,
+    "silu": nnx.silu,
+    "tanh": jnp.tanh,
+}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -18,12 +26,16 @@ class ResidualBlock(nnx.Module):
 
     ``output="none"`` is for layers with their own gating and output projection (Mamba): the
     residual update is then ``dropout(layer(norm(x)))``, with no activation or extra projection.
+    ``norm``: "layer", "batch" or "rms". Like its layer it can start from and return a state,
+    and run one position at a time (``step``, inference mode).
     """
 
     def __init__(self, d_model, layer, *, norm, prenorm, activation, output, dropout, dtype, rngs):
         self.layer, self.prenorm, self.activation = layer, prenorm, ACTIVATIONS[activation]
         if norm == "layer":
             self.norm = nnx.LayerNorm(d_model, dtype=dtype, rngs=rngs)
+        elif norm == "rms":
+            self.norm = nnx.RMSNorm(d_model, epsilon=1e-5, dtype=dtype, rngs=rngs)
         else:
             self.norm = nnx.BatchNorm(d_model, dtype=dtype, momentum=0.9, rngs=rngs)
         self.output = output
@@ -41,13 +53,12 @@ class ResidualBlock(nnx.Module):
 
     def _norm(self, x, mask, train):
         if isinstance(self.norm, nnx.BatchNorm):
-            return self.norm(x, use_running_average=not train, mask=mask[..., None])
+            mask = None if mask is None else mask[..., None]
+            return self.norm(x, use_running_average=not train, mask=mask)
         return self.norm(x)
 
-    def __call__(self, x, mask, *, train, key):
-        """x: (b, l, d), mask: (b, l) bool -> (b, l, d)."""
-        z = self._norm(x, mask, train) if self.prenorm else x
-        z = self.layer(z, mask)
+    def _update(self, x, z, mask, train, key):
+        """x + the residual update from the layer's output z (..., d_output)."""
         if self.out is not None:
             z = self.activation(z)
         z = self.dropout(z, deterministic=not train, rngs=key)
@@ -57,6 +68,21 @@ class ResidualBlock(nnx.Module):
             z = nnx.glu(z, axis=-1)
         x = x + z
         return x if self.prenorm else self._norm(x, mask, train)
+
+    def __call__(self, x, mask, *, train, key, state=None, return_state=False):
+        """x: (b, l, d), mask: (b, l) bool or None -> (b, l, d) [and the layer's state]."""
+        z = self._norm(x, mask, train) if self.prenorm else x
+        if state is None and not return_state:
+            return self._update(x, self.layer(z, mask), mask, train, key)
+        z, state = self.layer(z, mask, state=state, return_state=True)
+        x = self._update(x, z, mask, train, key)
+        return (x, state) if return_state else x
+
+    def step(self, x_t, state):
+        """One position in inference mode: x_t (b, d) -> (x_t, state)."""
+        z = self._norm(x_t, None, False) if self.prenorm else x_t
+        z, state = self.layer.step(z, state)
+        return self._update(x_t, z, None, False, None), state
 
 
 class SequenceModel(nnx.Module):
@@ -82,7 +108,7 @@ class SequenceModel(nnx.Module):
         d_model: int = 128,
         n_layers: int = 4,
         dropout: float = 0.1,
-        activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu",
+        activation: Literal["gelu", "gelu_tanh", "relu", "silu", "tanh"] = "gelu",
         output: Literal["glu", "linear", "none"] = "glu",
         norm: Literal["layer", "batch"] = "layer",
         prenorm: bool = True,

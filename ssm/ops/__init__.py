@@ -1,7 +1,16 @@
-"""Pure array functions with no parameters; every op has one public entry point."""
+"""Pure array functions with no parameters; every op has one public entry point and a registry
+of implementations behind ``ssm.ops.dispatch``."""
 
-from ssm.ops.conv import long_conv
-from ssm.ops.kernels import discretize_diagonal, vandermonde_kernel
-from ssm.ops.selective_scan import selective_scan
+from ssm.ops.conv import depthwise_conv, long_conv
+from ssm.ops.kernels import diagonal_ssm_step, discretize_diagonal, vandermonde_kernel
+from ssm.ops.selective_scan import selective_scan, selective_state_update
 
-__all__ = ["discretize_diagonal", "long_conv", "selective_scan", "vandermonde_kernel"]
+__all__ = [
+    "depthwise_conv",
+    "diagonal_ssm_step",
+    "discretize_diagonal",
+    "long_conv",
+    "selective_scan",
+    "selective_state_update",
+    "vandermonde_kernel",
+]

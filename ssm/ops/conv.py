@@ -1,10 +1,43 @@
-"""Long convolutions by FFT: y = k * u along the length axis, causal or bidirectional."""
+"""Convolutions along the length axis: FFT long convolution (a dispatch op) and the short
+causal depthwise convolution of Mamba blocks.
+
+``long_conv`` implementations registered in ``LONG_CONV`` take ``(u, k, k_reverse)`` in the
+compute dtype, kernels padded or cut to the sequence length (``k_reverse`` may be None):
+
+- ``fft``: O(l log l) by real FFTs of length 2l;
+- ``reference``: the explicit O(l²) Toeplitz sum of ``ssm.ops.reference``.
+"""
 
 import jax.numpy as jnp
 
+from ssm.ops import reference
+from ssm.ops.dispatch import Op
+from ssm.ops.numerics import compute_dtype
 
-def long_conv(u, k, k_reverse=None):
-    """Convolve u with a kernel as long as the sequence, in O(l log l).
+LONG_CONV = Op("long_conv", auto=lambda platform, u, *args: "fft")
+
+
+@LONG_CONV.register("reference")
+def _reference(u, k, k_reverse):
+    if k_reverse is None:
+        return reference.causal_conv(u, k)
+    return reference.bidirectional_conv(u, k, k_reverse)
+
+
+@LONG_CONV.register("fft")
+def _fft(u, k, k_reverse):
+    length = u.shape[1]
+    if k_reverse is not None:
+        # Circular layout of length 2l: lag j >= 0 at index j, lag -j at index 2l - j.
+        k = jnp.concatenate([k, jnp.zeros_like(k[:1]), k_reverse[1:][::-1]], axis=0)
+        k = k.at[0].add(k_reverse[0])
+    k_f = jnp.fft.rfft(k, n=2 * length, axis=0)
+    u_f = jnp.fft.rfft(u, n=2 * length, axis=1)
+    return jnp.fft.irfft(u_f * k_f, n=2 * length, axis=1)[:, :length]
+
+
+def long_conv(u, k, k_reverse=None, *, impl="auto"):
+    """Convolve u with a kernel as long as the sequence.
 
     Causal: ``y[t] = sum_{s<=t} k[t-s] u[s]``. With ``k_reverse`` (bidirectional) an anticausal
     term is added: ``y[t] += sum_{s>=t} k_reverse[s-t] u[s]``, i.e. a causal convolution of the
@@ -12,27 +45,44 @@ def long_conv(u, k, k_reverse=None):
 
     Args:
       u: (b, l, ...) input; the trailing axes broadcast against the kernel's.
-      k: (l_k, ...) causal kernel, l_k <= l (shorter kernels are zero-padded).
+      k: (l_k, ...) causal kernel, l_k <= l (shorter kernels are zero-padded, longer cut).
       k_reverse: optional (l_k, ...) anticausal kernel.
+      impl: "auto" (``fft``) or a name in ``LONG_CONV``.
 
     Returns:
-      (b, l, ...) float32 output.
+      (b, l, ...) output in float32 (float64 for float64 inputs).
     """
     length = u.shape[1]
-    if k.shape[0] > length:
-        k = k[:length]
-    pad = [(0, length - k.shape[0])] + [(0, 0)] * (k.ndim - 1)
-    k = jnp.pad(k.astype(jnp.float32), pad)
-    u = u.astype(jnp.float32)
-    n_fft = 2 * length
-    if k_reverse is None:
-        kernel = k
+    dtype = compute_dtype(u.dtype, k.dtype)
+
+    def fit(kernel):  # (l_k, ...) -> (l, ...)
+        kernel = kernel[:length].astype(dtype)
+        return jnp.pad(kernel, [(0, length - kernel.shape[0])] + [(0, 0)] * (kernel.ndim - 1))
+
+    k_reverse = None if k_reverse is None else fit(k_reverse)
+    return LONG_CONV(impl, u.astype(dtype), fit(k), k_reverse)
+
+
+def depthwise_conv(x, weight, bias, *, history=None, reverse: bool = False):
+    """Causal depthwise conv: y[t] = bias + sum_j weight[j] x[t - (k - 1) + j].
+
+    The k - 1 inputs before x[0] are ``history`` (zeros if None), so a sequence can be continued.
+    With ``reverse`` it is anti-causal: y[t] = bias + sum_j weight[j] x[t + (k - 1) - j].
+
+    Args:
+      x: (b, l, e).   weight: (k, e).   bias: (e,).   history: optional (b, k - 1, e).
+
+    Returns:
+      (b, l, e) in x.dtype.
+    """
+    if reverse:
+        if history is not None:
+            raise ValueError("depthwise_conv: history (a causal state) cannot be used with reverse")
+        return jnp.flip(depthwise_conv(jnp.flip(x, 1), weight, bias), 1)
+    width, length = weight.shape[0], x.shape[1]
+    if history is None:
+        padded = jnp.pad(x, [(0, 0), (width - 1, 0), (0, 0)])
     else:
-        k_reverse = jnp.pad(k_reverse[:length].astype(jnp.float32), pad)
-        # Circular layout of length 2l: lag j >= 0 at index j, lag -j at index 2l - j.
-        kernel = jnp.concatenate([k, jnp.zeros_like(k[:1]), k_reverse[1:][::-1]], axis=0)
-        kernel = kernel.at[0].add(k_reverse[0])
-    k_f = jnp.fft.rfft(kernel, n=n_fft, axis=0)
-    u_f = jnp.fft.rfft(u, n=n_fft, axis=1)
-    y = jnp.fft.irfft(u_f * k_f, n=n_fft, axis=1)
-    return y[:, :length]
+        padded = jnp.concatenate([history.astype(x.dtype), x], axis=1)
+    y = sum(padded[:, j : j + length] * weight[j] for j in range(width))
+    return (y + bias).astype(x.dtype)

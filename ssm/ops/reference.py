@@ -1,42 +1,54 @@
-"""Slow, obviously-correct, step-by-step versions of every op. Tests compare fast paths to these."""
+"""Slow, obviously-correct, step-by-step versions of every op. Tests compare fast paths to these.
+
+Each works in ``ssm.ops.numerics.compute_dtype`` of its inputs: float32, or float64 when given
+float64 (x64 enabled), so numerics can be checked against float64.
+"""
 
 import jax
 import jax.numpy as jnp
 
-HIGHEST = jax.lax.Precision.HIGHEST  # references are exact float32 on every backend
+from ssm.ops.numerics import HIGHEST, complex_dtype, compute_dtype
+
+
+def diagonal_ssm_step(h, u, dA, dB, C, D):
+    """One step of a discrete diagonal SSM: h = Ā h + dB u;  y = 2 Re(C h) + D u.
+
+    Args:
+      h: (b, h, n2) complex state.   u: (b, h) real input.   dA, dB: (h, n2) complex.
+      C: (c, h, n2) complex.   D: (c, h) real.
+
+    Returns:
+      y: (b, c, h) real and the new state (b, h, n2).
+    """
+    u = u.astype(compute_dtype(u.dtype, D.dtype))
+    h = dA * h + dB * u[..., None]
+    y = 2.0 * jnp.einsum("chn,bhn->bch", C, h, precision=HIGHEST).real + D * u[:, None, :]
+    return y, h
 
 
 def diagonal_ssm_scan(dA, dB, C, D, u, h0=None):
-    """Run a discrete diagonal SSM one step at a time.
+    """``diagonal_ssm_step`` over the sequence u (b, l, h) -> y (b, l, c, h), final state.
 
-    x_t = Ā x_{t-1} + dB u_t;  y_t = 2 Re(C x_t) + D u_t  (the conjugate half is implicit).
-
-    Args:
-      dA: (h, n2) complex Ā.   dB: (h, n2) complex.   C: (c, h, n2) complex.   D: (c, h) real.
-      u: (b, l, h) real input.   h0: optional (b, h, n2) complex initial state.
-
-    Returns:
-      y: (b, l, c, h) float32 and the final state (b, h, n2).
+    The conjugate half of the state is implicit (hence the ``2 Re``); h0: optional (b, h, n2).
     """
-    b = u.shape[0]
     if h0 is None:
-        h0 = jnp.zeros((b, *dA.shape), jnp.complex64)
-
-    def step(x, u_t):  # u_t: (b, h)
-        x = dA * x + dB * u_t[..., None]
-        y = 2.0 * jnp.einsum("chn,bhn->bch", C, x, precision=HIGHEST).real + D * u_t[:, None, :]
-        return x, y
-
-    x, ys = jax.lax.scan(step, h0, jnp.swapaxes(u.astype(jnp.float32), 0, 1))
-    return jnp.swapaxes(ys, 0, 1), x
+        h0 = jnp.zeros((u.shape[0], *dA.shape), complex_dtype(u.dtype, D.dtype))
+    h, ys = jax.lax.scan(
+        lambda h, u_t: diagonal_ssm_step(h, u_t, dA, dB, C, D)[::-1], h0, jnp.swapaxes(u, 0, 1)
+    )
+    return jnp.swapaxes(ys, 0, 1), h
 
 
 def causal_conv(u, k):
-    """y[t] = sum_{s<=t} k[t-s] u[s] by an explicit Toeplitz sum.  u: (b, l, ...), k: (l, ...)."""
+    """y[t] = sum_{s<=t} k[t-s] u[s] by an explicit Toeplitz sum.  u: (b, l, ...), k: (l_k, ...)."""
     length = u.shape[1]
+    dtype = compute_dtype(u.dtype, k.dtype)
+    k = jnp.pad(
+        k[:length].astype(dtype), [(0, length - min(length, k.shape[0]))] + [(0, 0)] * (k.ndim - 1)
+    )
     lag = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]  # (t, s)
     toeplitz = jnp.where((lag >= 0)[(...,) + (None,) * (k.ndim - 1)], k[jnp.clip(lag, 0)], 0.0)
-    return jnp.einsum("ts...,bs...->bt...", toeplitz, u.astype(jnp.float32), precision=HIGHEST)
+    return jnp.einsum("ts...,bs...->bt...", toeplitz, u.astype(dtype), precision=HIGHEST)
 
 
 def bidirectional_conv(u, k, k_reverse):
@@ -44,59 +56,58 @@ def bidirectional_conv(u, k, k_reverse):
     return causal_conv(u, k) + causal_conv(u[:, ::-1], k_reverse)[:, ::-1]
 
 
-def selective_scan(
-    x,
-    dt,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    *,
-    dt_bias=None,
-    dt_softplus=False,
-    h0=None,
-    reverse=False,
-    return_state=False,
-):
-    """Mamba's selective scan, one time step at a time (see ``ssm.ops.selective_scan``).
+def selective_state_update(h, x, dt, A, B, C, D=None, z=None, *, dt_bias=None, dt_softplus=False):
+    """One step of Mamba's selective SSM (see ``ssm.ops.selective_scan``).
 
-    Δ = softplus(dt + dt_bias);  h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t;
-    y_t = C_t · h_t + D x_t, times silu(z_t).
+    Δ = softplus(dt + dt_bias);  h = exp(Δ A) h + Δ B x;  y = (C · h + D x) * silu(z).
 
     Args:
-      x, dt, z: (b, l, d).   A: (d, n).   B, C: (b, l, n) or (b, l, g, n).   D, dt_bias: (d,).
-      h0: optional (b, d, n) state before the first step (after the last one if ``reverse``).
+      h: (b, d, n) state.   x, dt, z: (b, d).   A: (d, n).   B, C: (b, n) or (b, g, n).
+      D, dt_bias: (d,).
 
     Returns:
-      y: (b, l, d) in x.dtype, and the (b, d, n) float32 final state if ``return_state``.
+      y: (b, d) in x.dtype and the new (b, d, n) state in the compute dtype.
     """
-    b, _, d = x.shape
-    f32 = jnp.float32
-    dt = dt.astype(f32)
+    f = compute_dtype(x.dtype, A.dtype)
+    dt = dt.astype(f)
     if dt_bias is not None:
-        dt = dt + dt_bias.astype(f32)
+        dt = dt + dt_bias.astype(f)
     if dt_softplus:
         dt = jax.nn.softplus(dt)
-    if B.ndim == 3:
-        B, C = B[:, :, None], C[:, :, None]
-    per_group = d // B.shape[2]
-    A = A.astype(f32)
-    h = jnp.zeros((b, *A.shape), f32) if h0 is None else h0.astype(f32)
-
-    def step(h, inputs):  # x_t, dt_t: (b, d); B_t, C_t: (b, g, n)
-        x_t, dt_t, B_t, C_t = inputs
-        B_t = jnp.repeat(B_t, per_group, axis=1)  # (b, d, n)
-        C_t = jnp.repeat(C_t, per_group, axis=1)
-        h = jnp.exp(dt_t[..., None] * A) * h + (dt_t * x_t)[..., None] * B_t
-        return h, jnp.sum(C_t * h, axis=-1)
-
-    time_major = [jnp.swapaxes(a.astype(f32), 0, 1) for a in (x, dt, B, C)]
-    h, y = jax.lax.scan(step, h, time_major, reverse=reverse)
-    y = jnp.swapaxes(y, 0, 1)
+    if B.ndim == 2:
+        B, C = B[:, None], C[:, None]
+    per_group = x.shape[-1] // B.shape[1]
+    B, C = (jnp.repeat(a.astype(f), per_group, axis=1) for a in (B, C))  # (b, d, n)
+    xf = x.astype(f)
+    h = jnp.exp(dt[..., None] * A.astype(f)) * h.astype(f) + (dt * xf)[..., None] * B
+    y = jnp.sum(C * h, axis=-1)
     if D is not None:
-        y = y + D.astype(f32) * x.astype(f32)
+        y = y + D.astype(f) * xf
     if z is not None:
-        y = y * jax.nn.silu(z.astype(f32))
-    y = y.astype(x.dtype)
-    return (y, h) if return_state else y
+        y = y * jax.nn.silu(z.astype(f))
+    return y.astype(x.dtype), h
+
+
+def selective_scan(x, dt, A, B, C, D=None, z=None, *, h0=None, reverse=False, **step_options):
+    """Mamba's selective scan: ``selective_state_update`` at every step, in order.
+
+    Args:
+      x, dt, z: (b, l, d).   A: (d, n).   B, C: (b, l, n) or (b, l, g, n).
+      h0: optional (b, d, n) state before the first step (after the last one if ``reverse``).
+      step_options: ``dt_bias``, ``dt_softplus`` of ``selective_state_update``.
+
+    Returns:
+      y: (b, l, d) in x.dtype and the (b, d, n) final state in the compute dtype.
+    """
+    b, _, d = x.shape
+    if h0 is None:
+        h0 = jnp.zeros((b, d, A.shape[1]), compute_dtype(x.dtype, A.dtype))
+
+    def step(h, inputs):
+        x_t, dt_t, B_t, C_t, z_t = inputs
+        y_t, h = selective_state_update(h, x_t, dt_t, A, B_t, C_t, D, z_t, **step_options)
+        return h, y_t
+
+    time_major = [None if a is None else jnp.swapaxes(a, 0, 1) for a in (x, dt, B, C, z)]
+    h, y = jax.lax.scan(step, h0, time_major, reverse=reverse)
+    return jnp.swapaxes(y, 0, 1), h

@@ -1,9 +1,16 @@
-"""Mamba's selective scan: one public function over a registry of implementations.
+"""Mamba's selective scan and its one-step update: public functions over dispatch registries.
 
 Δ = softplus(dt + dt_bias) (each step optional);  h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t;
-y_t = C_t · h_t + D x_t, times silu(z_t) when z is given. The state h is (b, d, n) float32.
+y_t = C_t · h_t + D x_t, times silu(z_t) when z is given. The state h is (b, d, n) float32
+(float64 for float64 inputs).
 
-Implementations share the public signature (minus ``impl``) and register in ``SELECTIVE_SCAN``:
+``selective_scan`` forms Δ, groups B and C, flips for ``reverse``, adds D and the gate; an
+implementation registered in ``SELECTIVE_SCAN`` does the rest, with the signature
+
+    impl(x, dt, A, B, C, h0, *, <options>) -> (y, h)
+
+on compute-dtype inputs x, dt (b, l, d) with the final Δ, A (d, n), B, C (b, l, g, n) and the
+state h0 (b, d, n), running forwards; y (b, l, d) = C · h only. Implementations:
 
 - ``reference``: step by step with ``lax.scan`` (``ssm.ops.reference``);
 - ``associative``: one ``lax.associative_scan`` over the whole sequence, holds (b, l, d, n);
@@ -15,16 +22,31 @@ Implementations share the public signature (minus ``impl``) and register in ``SE
 
 import functools
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
 
 from ssm.ops import reference
-from ssm.registry import Registry
+from ssm.ops.dispatch import Op
+from ssm.ops.numerics import compute_dtype
 
-SELECTIVE_SCAN = Registry("selective_scan impl")
-SELECTIVE_SCAN.register("reference")(reference.selective_scan)
+SHORT_ON_CPU = 128  # on CPU the plain step-by-step scan is fastest up to this length
+
+
+def _auto(platform, x, *args):
+    if platform == "cpu":
+        return "reference" if x.shape[1] <= SHORT_ON_CPU else "chunked_sequential"
+    return "chunked"
+
+
+SELECTIVE_SCAN = Op("selective_scan", auto=_auto)
+SELECTIVE_STATE_UPDATE = Op("selective_state_update", auto=lambda *args, **kwargs: "reference")
+SELECTIVE_STATE_UPDATE.register("reference")(reference.selective_state_update)
+
+
+@SELECTIVE_SCAN.register("reference")
+def _reference(x, dt, A, B, C, h0):
+    return reference.selective_scan(x, dt, A, B, C, h0=h0)
 
 
 def selective_scan(
@@ -42,6 +64,7 @@ def selective_scan(
     reverse=False,
     return_state=False,
     impl="auto",
+    **options,
 ):
     """Selective scan (Mamba's S6): an input-dependent diagonal SSM, per channel.
 
@@ -59,35 +82,62 @@ def selective_scan(
         bidirectional layer).
       return_state: also return the final state, which continues the scan:
         ``scan(x[:, :k])`` then ``scan(x[:, k:], h0=state)`` equals ``scan(x)``.
-      impl: "auto" (a chunked scan, the only kind with bounded memory: ``chunked_sequential`` on
-        CPU, ``chunked`` elsewhere) or a name in ``SELECTIVE_SCAN``. A failing implementation
-        falls back to "reference" with a warning.
+      impl: "auto" (on CPU the reference up to length 128, else ``chunked_sequential``;
+        ``chunked`` elsewhere) or a name in ``SELECTIVE_SCAN``.
+      **options: the implementation's own options, e.g. ``chunk_size`` of the chunked ones.
 
     Returns:
-      y: (b, l, d) in x.dtype (math in float32), and the (b, d, n) float32 final state if
-      ``return_state``.
+      y: (b, l, d) in x.dtype (math in float32, or float64 for float64 inputs), and the
+      (b, d, n) final state in the compute dtype if ``return_state``.
     """
     _check_shapes(x, dt, A, B, C, D, z, dt_bias, h0)
-    name = impl
-    if impl == "auto":
-        name = "chunked_sequential" if jax.default_backend() == "cpu" else "chunked"
-    if name not in SELECTIVE_SCAN:
-        valid = ", ".join(["auto", *SELECTIVE_SCAN.names()])
-        raise ValueError(f"unknown selective_scan impl {impl!r}; valid: {valid}")
-    kwargs = dict(
-        dt_bias=dt_bias, dt_softplus=dt_softplus, h0=h0, reverse=reverse, return_state=return_state
+    f = compute_dtype(x.dtype, A.dtype)
+    xf, dt, B, C = (a.astype(f) for a in (x, _delta(dt, dt_bias, dt_softplus, f), B, C))
+    if B.ndim == 3:
+        B, C = B[:, :, None], C[:, :, None]
+    h = jnp.zeros((x.shape[0], *A.shape), f) if h0 is None else h0.astype(f)
+    flip = (lambda a: jnp.flip(a, axis=1)) if reverse else (lambda a: a)
+    y, h = SELECTIVE_SCAN(
+        impl, *map(flip, (xf, dt)), A.astype(f), *map(flip, (B, C)), h, options=options
     )
-    if name != "reference":
-        try:
-            return SELECTIVE_SCAN.get(name)(x, dt, A, B, C, D, z, **kwargs)
-        except Exception as err:  # any failure of a fast path means: use the reference
-            reason = (str(err).splitlines() or [""])[0]
-            warnings.warn(
-                f"selective_scan impl {name!r} failed ({type(err).__name__}: {reason}); "
-                "falling back to 'reference'",
-                stacklevel=2,
-            )
-    return reference.selective_scan(x, dt, A, B, C, D, z, **kwargs)
+    y = _skip_and_gate(flip(y), xf, D, z)
+    return (y.astype(x.dtype), h) if return_state else y.astype(x.dtype)
+
+
+def selective_state_update(
+    h, x, dt, A, B, C, D=None, z=None, *, dt_bias=None, dt_softplus=False, impl="auto"
+):
+    """One step of the selective scan (one Mamba decode step).
+
+    Args:
+      h: (b, d, n) state.   x, dt, z: (b, d).   A: (d, n).   B, C: (b, n) or (b, g, n).
+      D, dt_bias: optional (d,).   dt_softplus, impl: as in ``selective_scan``.
+
+    Returns:
+      y: (b, d) in x.dtype and the new state, equal to ``selective_scan`` on a length-1
+      sequence with ``h0=h``.
+    """
+    seq = [None if a is None else a[:, None] for a in (x, dt, B, C, z)]
+    _check_shapes(seq[0], seq[1], A, seq[2], seq[3], D, seq[4], dt_bias, h)
+    return SELECTIVE_STATE_UPDATE(
+        impl, h, x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=dt_softplus
+    )
+
+
+def _delta(dt, dt_bias, dt_softplus, f):
+    dt = dt.astype(f)
+    if dt_bias is not None:
+        dt = dt + dt_bias.astype(f)
+    return jax.nn.softplus(dt) if dt_softplus else dt
+
+
+def _skip_and_gate(y, x, D, z):
+    """y + D x, times silu(z): (b, l, d) in y's dtype."""
+    if D is not None:
+        y = y + D.astype(y.dtype) * x
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(y.dtype))
+    return y
 
 
 def _check_shapes(x, dt, A, B, C, D, z, dt_bias, h0):
@@ -113,29 +163,6 @@ def _check_shapes(x, dt, A, B, C, D, z, dt_bias, h0):
         raise ValueError(f"selective_scan: C must have B's shape {B.shape}, got {C.shape}")
 
 
-def _prepare(x, dt, A, B, C, dt_bias, dt_softplus):
-    """Float32 inputs with Δ processed and B, C grouped: (b, l, d) x2, (d, n), (b, l, g, n) x2."""
-    f32 = jnp.float32
-    dt = dt.astype(f32)
-    if dt_bias is not None:
-        dt = dt + dt_bias.astype(f32)
-    if dt_softplus:
-        dt = jax.nn.softplus(dt)
-    if B.ndim == 3:
-        B, C = B[:, :, None], C[:, :, None]
-    return x.astype(f32), dt, A.astype(f32), B.astype(f32), C.astype(f32)
-
-
-def _finish(y, x, D, z, h, return_state):
-    """Add the skip connection and the gate to y (b, l, d) float32; cast to x.dtype."""
-    if D is not None:
-        y = y + D.astype(jnp.float32) * x.astype(jnp.float32)
-    if z is not None:
-        y = y * jax.nn.silu(z.astype(jnp.float32))
-    y = y.astype(x.dtype)
-    return (y, h) if return_state else y
-
-
 def _combine(left, right):
     """Compose two affine maps h -> a h + b (left first), elementwise."""
     a_left, b_left = left
@@ -143,14 +170,15 @@ def _combine(left, right):
     return a_left * a_right, a_right * b_left + b_right
 
 
-def _scan_block(h, x, dt, A, B, C):
-    """Associative scan of one block of steps from state h.
+@SELECTIVE_SCAN.register("associative")
+def _scan_block(x, dt, A, B, C, h):
+    """Associative scan of a block of steps from state h; memory O(b·t·d·n).
 
     Args:
-      h: (b, d, n) state before the block.   x, dt: (b, t, d).   A: (d, n).   B, C: (b, t, g, n).
+      x, dt: (b, t, d).   A: (d, n).   B, C: (b, t, g, n).   h: (b, d, n) state before the block.
 
     Returns:
-      y: (b, t, d) float32 (C · h only) and the (b, d, n) state after the block.
+      y: (b, t, d) (C · h only) and the (b, d, n) state after the block.
     """
     b, t, d = x.shape
     g, n = B.shape[2:]
@@ -162,80 +190,15 @@ def _scan_block(h, x, dt, A, B, C):
     return y.reshape(b, t, d), hs[:, -1]
 
 
-def _scan_block_sequential(h, x, dt, A, B, C):
-    """``_scan_block`` one step at a time (``lax.scan``); same arguments and results."""
-    b, t, d = x.shape
-    g, n = B.shape[2:]
-
-    def step(h, inputs):  # x_t, dt_t: (b, d); B_t, C_t: (b, g, n)
-        x_t, dt_t, B_t, C_t = inputs
-        dBx = (dt_t * x_t).reshape(b, g, d // g, 1) * B_t[:, :, None, :]
-        h = jnp.exp(dt_t[..., None] * A) * h + dBx.reshape(b, d, n)
-        y = jnp.sum(h.reshape(b, g, d // g, n) * C_t[:, :, None, :], axis=-1)
-        return h, y.reshape(b, d)
-
-    h, y = jax.lax.scan(step, h, [jnp.swapaxes(a, 0, 1) for a in (x, dt, B, C)])
-    return jnp.swapaxes(y, 0, 1), h
-
-
-def _initial_state(x, A, h0):
-    return jnp.zeros((x.shape[0], *A.shape), jnp.float32) if h0 is None else h0.astype(jnp.float32)
-
-
-@SELECTIVE_SCAN.register("associative")
-def selective_scan_associative(
-    x,
-    dt,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    *,
-    dt_bias=None,
-    dt_softplus=False,
-    h0=None,
-    reverse=False,
-    return_state=False,
-):
-    """``selective_scan`` by one associative scan over the sequence; memory O(b·l·d·n)."""
-    xf, dt, A, B, C = _prepare(x, dt, A, B, C, dt_bias, dt_softplus)
-    if reverse:
-        xf, dt, B, C = (jnp.flip(a, axis=1) for a in (xf, dt, B, C))
-    y, h = _scan_block(_initial_state(x, A, h0), xf, dt, A, B, C)
-    if reverse:
-        y = jnp.flip(y, axis=1)
-    return _finish(y, x, D, z, h, return_state)
-
-
-@SELECTIVE_SCAN.register("chunked")
-def selective_scan_chunked(
-    x,
-    dt,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    *,
-    dt_bias=None,
-    dt_softplus=False,
-    h0=None,
-    reverse=False,
-    return_state=False,
-    chunk_size=64,
-    inner="associative",
-):
-    """``selective_scan`` by chunks: ``inner`` ("associative" or "sequential") scan inside,
-    sequential carry across.
+def _chunked(scan_block, x, dt, A, B, C, h, chunk_size):
+    """``scan_block`` inside chunks of ``chunk_size`` steps, a sequential carry across them.
 
     Peak memory O(b·l·d + b·chunk_size·d·n) in the forward; the backward recomputes each chunk
     and keeps only the (b, d, n) state at chunk boundaries, O(b·l·d·n / chunk_size). The tail
     is padded with Δ = 0 steps, which leave the state unchanged.
     """
-    xf, dt, A, B, C = _prepare(x, dt, A, B, C, dt_bias, dt_softplus)
-    if reverse:
-        xf, dt, B, C = (jnp.flip(a, axis=1) for a in (xf, dt, B, C))
+    if chunk_size < 1:
+        raise ValueError(f"selective_scan: chunk_size must be >= 1, got {chunk_size}")
     b, length, d = x.shape
     size = min(chunk_size, length)
     chunks = math.ceil(length / size)
@@ -244,21 +207,21 @@ def selective_scan_chunked(
         a = jnp.pad(a, [(0, 0), (0, chunks * size - length)] + [(0, 0)] * (a.ndim - 2))
         return jnp.moveaxis(a.reshape(b, chunks, size, *a.shape[2:]), 1, 0)
 
-    scan_block = {"associative": _scan_block, "sequential": _scan_block_sequential}[inner]
-
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def step(h, inputs):
         x_c, dt_c, B_c, C_c = inputs
-        y_c, h = scan_block(h, x_c, dt_c, A, B_c, C_c)
+        y_c, h = scan_block(x_c, dt_c, A, B_c, C_c, h)
         return h, y_c
 
-    h, y = jax.lax.scan(step, _initial_state(x, A, h0), [to_chunks(a) for a in (xf, dt, B, C)])
-    y = jnp.moveaxis(y, 0, 1).reshape(b, chunks * size, d)[:, :length]
-    if reverse:
-        y = jnp.flip(y, axis=1)
-    return _finish(y, x, D, z, h, return_state)
+    h, y = jax.lax.scan(step, h, [to_chunks(a) for a in (x, dt, B, C)])
+    return jnp.moveaxis(y, 0, 1).reshape(b, chunks * size, d)[:, :length], h
 
 
-SELECTIVE_SCAN.register("chunked_sequential")(
-    functools.partial(selective_scan_chunked, inner="sequential")
-)
+@SELECTIVE_SCAN.register("chunked")
+def _chunked_associative(x, dt, A, B, C, h, *, chunk_size=64):
+    return _chunked(_scan_block, x, dt, A, B, C, h, chunk_size)
+
+
+@SELECTIVE_SCAN.register("chunked_sequential")
+def _chunked_sequential(x, dt, A, B, C, h, *, chunk_size=64):
+    return _chunked(_reference, x, dt, A, B, C, h, chunk_size)

@@ -43,10 +43,6 @@ class Checkpoints:
         self.best.wait_until_finished()
         return True
 
-    def best_value(self) -> float | None:
-        step = self.best.best_step()
-        return None if step is None else (self.best.metrics(step) or {}).get(self.best_metric)
-
     @staticmethod
     def _restore(manager, step, like):
         abstract = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)

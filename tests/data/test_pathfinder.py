@@ -12,7 +12,7 @@ from ssm.data.manual import MissingDataError
 from ssm.data.pathfinder import pathfinder_example, pathfinder_sample
 
 SPLITS = ("train", "validation", "test")
-TINY = {"train": 64, "validation": 32, "test": 32}
+TINY = {"train": 64, "validation": 16, "test": 16}
 
 # Builds and reads Pathfinder in a fresh interpreter where `import tensorflow` fails.
 NO_TENSORFLOW_BODY = """
@@ -74,7 +74,7 @@ def test_pathfinder_labels_are_balanced_in_every_split(tiny):
 def test_pathfinder_dataset_examples_are_the_generated_images_as_sequences(tiny):
     spec = tiny.spec
     assert (spec.name, spec.seq_len, spec.num_classes, spec.d_input) == ("pathfinder", 1024, 2, 1)
-    offsets = {"train": 0, "validation": 64, "test": 96}
+    offsets = {"train": 0, "validation": 64, "test": 80}
     for split, offset in offsets.items():
         example = tiny.source(split)[3]
         assert example["inputs"].shape == (1024, 1) and example["inputs"].dtype == np.float32

@@ -11,7 +11,7 @@ from flax import nnx
 
 from experiments.generate import prompt_tokens
 from ssm.config import ConfigError
-from ssm.models import MambaLM, save_lm
+from ssm.models import LanguageModel, save_lm
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def run_cli(*args, cwd=ROOT):
 
 
 def test_generate_cli_prints_the_greedy_tokens_of_the_saved_model_and_writes_nothing(tmp_path):
-    model = MambaLM(13, 16, 2, layer_options=dict(d_state=4), rngs=nnx.Rngs(3))
+    model = LanguageModel(13, 16, 2, layer_options=dict(d_state=4), rngs=nnx.Rngs(3))
     save_lm(tmp_path / "lm", model)
     workdir = tmp_path / "cwd"
     workdir.mkdir()
@@ -49,8 +49,8 @@ def test_generate_cli_fails_in_one_line_without_a_checkpoint(tmp_path):
     result = run_cli(f"checkpoint={tmp_path / 'missing'}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: no MambaLM checkpoint at {tmp_path / 'missing'}: expected model.json and params/ "
-        "(written by ssm.models.save_lm)"
+        f"error: no language model checkpoint at {tmp_path / 'missing'}: expected model.json and "
+        "params/ (written by ssm.models.save_lm)"
     ]
 
 

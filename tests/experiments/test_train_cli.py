@@ -13,6 +13,8 @@ from omegaconf import open_dict
 
 from experiments.train import out_of_memory, resolve
 from ssm.config import ConfigError, options_of
+from ssm.ops.conv import LONG_CONV
+from ssm.ops.selective_scan import SELECTIVE_SCAN
 from ssm.train import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +100,39 @@ def test_cli_unknown_layer_lists_the_available_layers():
     result = run_cli("layer=lstm")
     assert result.returncode != 0
     assert "Could not find 'layer/lstm'" in result.stderr and "s4d" in result.stderr
+
+
+@pytest.mark.parametrize("layer, op", [("mamba", SELECTIVE_SCAN), ("s4d", LONG_CONV)])
+def test_layer_impl_accepts_every_registered_name_and_rejects_others(layer, op, monkeypatch):
+    for impl in op.names():
+        assert composed([f"layer={layer}", f"layer.impl={impl}"]).layer.impl == impl
+    monkeypatch.setitem(op._impls, "added_later", op.get("reference"))
+    assert composed([f"layer={layer}", "layer.impl=added_later"]).layer.impl == "added_later"
+    monkeypatch.delitem(op._impls, "added_later")
+    with pytest.raises(ConfigError) as error:
+        composed([f"layer={layer}", "layer.impl=fast"])
+    valid = ", ".join(repr(name) for name in op.names())
+    assert str(error.value) == f"layer.impl='fast' is not valid; valid: {valid}"
+
+
+def test_cli_runs_with_a_chosen_impl_and_its_options_and_rejects_an_unknown_impl(tmp_path):
+    result = run_cli(
+        "layer=mamba",
+        "model.output=none",
+        "layer.impl=chunked",
+        "layer.impl_options={chunk_size:16}",
+        "trainer.max_steps=2",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test accuracy:" in result.stdout
+    result = run_cli("layer=mamba", "layer.impl=fast", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: layer.impl='fast' is not valid; valid: 'auto', 'associative', 'chunked', "
+        "'chunked_sequential', 'reference'"
+    )
 
 
 def test_multirun_sweep_gives_one_run_dir_with_its_own_metrics_per_value(tmp_path):

@@ -1,22 +1,39 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from ssm.models import MambaLM, load_lm, save_lm
-from ssm.models.lm import _generate, top_k_filter, top_p_filter
+from ssm.models import LanguageModel, load_lm, save_lm
+from ssm.models.lm import (
+    OPTIONS_FILE,
+    PARAMS_DIR,
+    _generate,
+    _mamba_lm_layout,
+    top_k_filter,
+    top_p_filter,
+)
 from ssm.params import SSMParam
 
 VOCAB = 11
 OPTIONS = dict(vocab_size=VOCAB, d_model=16, n_layers=2, layer_options=dict(d_state=4))
+LAYER_OPTIONS = {"mamba": dict(d_state=4), "s4d": dict(d_state=8, dt_min=0.05)}
 
 
-def make_lm(dtype="float32"):
-    model = MambaLM(**OPTIONS, dtype=dtype, rngs=nnx.Rngs(0))
+def make_lm(dtype="float32", layer="mamba"):
+    options = {**OPTIONS, "layer": layer, "layer_options": LAYER_OPTIONS[layer]}
+    model = LanguageModel(**options, dtype=dtype, rngs=nnx.Rngs(0))
     # sharpen the tied head so greedy choices are not decided by float rounding
     model.embedding.embedding[...] = model.embedding.embedding[...] * 50
     return model
+
+
+@pytest.fixture(scope="module", params=["mamba", "s4d"])
+def any_lm(request):
+    return make_lm(layer=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +50,8 @@ def tokens(b=2, length=8, seed=0):
     return jax.random.randint(jax.random.key(seed), (b, length), 0, VOCAB)
 
 
-def test_lm_parallel_logits_match_step_logits(lm):
-    x = tokens()
+def test_lm_parallel_logits_match_step_logits(any_lm):
+    lm, x = any_lm, tokens()
     step = nnx.jit(lambda model, token, cache: model.step(token, cache))
     cache = lm.initial_state(2)
     logits = []
@@ -46,8 +63,8 @@ def test_lm_parallel_logits_match_step_logits(lm):
     np.testing.assert_allclose(parallel, jnp.stack(logits, axis=1), rtol=1e-4, atol=1e-4)
 
 
-def test_lm_greedy_generate_with_cache_equals_recomputing_the_full_sequence(lm):
-    prompt, new = tokens(length=3), 6
+def test_lm_greedy_generate_with_cache_equals_recomputing_the_full_sequence(any_lm):
+    lm, prompt, new = any_lm, tokens(length=3), 6
     generated = lm.generate(prompt, new, temperature=0)
     assert generated.shape == (2, 3 + new) and generated.dtype == jnp.int32
     # recompute: full parallel forward each step; zeros after t cannot affect causal logits at t
@@ -138,7 +155,7 @@ def test_lm_bf16_keeps_float32_params_and_matches_float32_logits():
     model32, model16 = make_lm(), make_lm("bfloat16")
     params = jax.tree.leaves(nnx.state(model16, nnx.Param))
     assert {p.dtype for p in params} == {jnp.dtype(jnp.float32)}
-    assert all(isinstance(b.ssm.A_log, SSMParam) for b in model16.layers)
+    assert all(isinstance(b.layer.ssm.A_log, SSMParam) for b in model16.blocks)
     x = tokens()
     logits16 = forward(model16, x)
     assert logits16.dtype == jnp.float32
@@ -154,8 +171,61 @@ def test_lm_save_load_round_trip(lm, tmp_path):
     assert restored.options() == lm.options()
     x = tokens()
     np.testing.assert_array_equal(forward(restored, x), forward(lm, x))
-    with pytest.raises(FileNotFoundError, match="no MambaLM checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no language model checkpoint"):
         load_lm(tmp_path / "missing")
+
+
+def test_lm_loads_a_checkpoint_of_the_former_mamba_lm(lm, tmp_path):
+    # MambaLM wrote {embedding, norms, layers, final_norm} and options without layer/output.
+    folder = tmp_path / "mamba_lm"
+    folder.mkdir()
+    options = {k: v for k, v in lm.options().items() if k not in ("layer", "output")}
+    (folder / OPTIONS_FILE).write_text(json.dumps(options))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(folder / PARAMS_DIR, _mamba_lm_layout(nnx.to_pure_dict(nnx.state(lm))))
+    restored = load_lm(folder)
+    assert restored.options() == lm.options()
+    x = tokens()
+    np.testing.assert_array_equal(forward(restored, x), forward(lm, x))
+
+
+def test_lm_prefills_the_prompt_in_one_parallel_call_then_decodes_with_step(any_lm):
+    # The only loops in the compiled generate are the decoding scan and scans inside ops
+    # (none here: associative scan, FFT conv): no loop over the prompt's 7 tokens.
+    lm = any_lm
+    if lm.layer == "mamba":
+        lm = make_lm(layer="mamba")
+        for block in lm.blocks:
+            block.layer.ssm.impl = "associative"
+    graphdef, state = nnx.split(lm)
+    jaxpr = jax.make_jaxpr(
+        lambda state, prompt: _generate.__wrapped__(
+            graphdef,
+            state,
+            prompt,
+            jax.random.key(0),
+            max_new_tokens=5,
+            temperature=0.0,
+            top_k=None,
+            top_p=None,
+            stop_token=None,
+        )
+    )(state, tokens(length=7))
+    scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    assert [e.params["length"] for e in scans] == [5]
+    layer_calls = []
+    original = type(lm.blocks[0].layer).__call__
+
+    def spy(layer, x, *args, **kwargs):
+        layer_calls.append(x.shape)
+        return original(layer, x, *args, **kwargs)
+
+    type(lm.blocks[0].layer).__call__ = spy
+    try:
+        lm.generate(tokens(length=7), 5, temperature=0)
+    finally:
+        type(lm.blocks[0].layer).__call__ = original
+    assert layer_calls == [(2, 7, 16)] * lm.n_layers  # one parallel call per layer
 
 
 @pytest.mark.parametrize(
@@ -166,10 +236,10 @@ def test_lm_save_load_round_trip(lm, tmp_path):
         (lambda lm: lm.generate(tokens(), 3, temperature=0, top_k=0), "top_k must be in"),
         (lambda lm: lm.generate(tokens(), 3, temperature=0, top_p=1.5), "top_p must be in"),
         (
-            lambda lm: MambaLM(
+            lambda lm: LanguageModel(
                 **{**OPTIONS, "layer_options": {"bidirectional": True}}, rngs=nnx.Rngs(0)
             ),
-            "MambaLM is causal",
+            "LanguageModel is causal",
         ),
     ],
 )

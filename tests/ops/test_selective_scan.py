@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssm.ops import reference, selective_scan
-from ssm.ops.selective_scan import SELECTIVE_SCAN
+from ssm.ops.dispatch import DispatchError, Unsupported, strict
+from ssm.ops.selective_scan import SELECTIVE_SCAN, selective_state_update
 
 # |actual - expected| <= tol * (|expected| + max |expected|), per input dtype; math is float32
 # inside every implementation, so bf16 differs from the reference by output rounding only.
@@ -18,7 +19,8 @@ TOLERANCE = {
     "float32": {"out": 1e-5, "grad": 1e-4},
     "bfloat16": {"out": 1e-2, "grad": 2e-2},
 }
-FAST_IMPLS = ["associative", "chunked", "chunked_sequential"]
+IMPLS = [name for name in SELECTIVE_SCAN.names() if name != "auto"]  # the live registry
+FAST_IMPLS = [name for name in IMPLS if name != "reference"]
 # Inputs of the public signature that may be None.
 OPTIONAL = ("D", "z", "dt_bias", "h0")
 
@@ -49,6 +51,11 @@ def call(fn, inputs, **kwargs):
     return fn(*args, inputs.get("D"), inputs.get("z"), **extra, return_state=True, **kwargs)
 
 
+def reference_scan(*args, return_state, **kwargs):
+    """``reference.selective_scan`` (always (y, state)) in the public signature."""
+    return reference.selective_scan(*args, **kwargs)
+
+
 def run(fn, inputs, **kwargs):
     """Jitted ``call``: (y, state)."""
     return jax.jit(functools.partial(call, fn, **kwargs))(inputs)
@@ -71,7 +78,7 @@ def run_with_grads(fn, inputs, **kwargs):
 @functools.cache
 def reference_with_grads(seed, dtype, reverse):
     return run_with_grads(
-        reference.selective_scan, make_inputs(seed, dtype=dtype), dt_softplus=True, reverse=reverse
+        reference_scan, make_inputs(seed, dtype=dtype), dt_softplus=True, reverse=reverse
     )
 
 
@@ -86,7 +93,7 @@ def assert_close(actual, expected, tol, what=""):
     scope="module",
     params=[
         (impl, dtype, reverse)
-        for impl in FAST_IMPLS
+        for impl in IMPLS
         for dtype in ("float32", "bfloat16")
         for reverse in (False, True)
     ],
@@ -140,14 +147,14 @@ def test_selective_scan_impl_matches_reference_any_shape_and_options(
             inputs["dt_bias"] = jnp.abs(inputs["dt_bias"]) * 0.1
     kwargs = dict(dt_softplus=dt_softplus, reverse=reverse)
     extra = {"chunk_size": chunk_size} if impl.startswith("chunked") else {}
-    y, h = run(SELECTIVE_SCAN.get(impl), inputs, **kwargs, **extra)
-    y_ref, h_ref = run(reference.selective_scan, inputs, **kwargs)
+    y, h = run(functools.partial(selective_scan, impl=impl), inputs, **kwargs, **extra)
+    y_ref, h_ref = run(reference_scan, inputs, **kwargs)
     assert_close(y, y_ref, TOLERANCE["float32"]["out"], "y")
     assert_close(h, h_ref, TOLERANCE["float32"]["out"], "state")
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("impl", ["reference", *FAST_IMPLS])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_selective_scan_split_with_state_equals_whole_sequence(impl, reverse):
     inputs = make_inputs(2)
     k = 50  # both halves have the same shape: one compile
@@ -166,33 +173,103 @@ def test_selective_scan_split_with_state_equals_whole_sequence(impl, reverse):
     assert_close(h_last, h_whole, TOLERANCE["float32"]["out"], "state")
 
 
-AUTO = "chunked_sequential" if jax.default_backend() == "cpu" else "chunked"
-
-
-def test_selective_scan_auto_uses_a_chunked_scan_and_returns_y_only_by_default():
+def test_selective_scan_auto_picks_by_platform_and_length_and_runs_that_impl():
+    short, long = jnp.zeros((1, 128, 4)), jnp.zeros((1, 129, 4))
+    assert SELECTIVE_SCAN.auto("cpu", short) == "reference"
+    assert SELECTIVE_SCAN.auto("cpu", long) == "chunked_sequential"
+    assert SELECTIVE_SCAN.auto("gpu", short) == SELECTIVE_SCAN.auto("tpu", long) == "chunked"
     inputs = make_inputs(3, length=20)
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
     y = jax.jit(functools.partial(selective_scan, dt_softplus=True))(*args)
-    y_chunked = jax.jit(functools.partial(selective_scan, dt_softplus=True, impl=AUTO))(*args)
+    chosen = SELECTIVE_SCAN.auto(jax.default_backend(), inputs["x"])
+    y_chosen = jax.jit(functools.partial(selective_scan, dt_softplus=True, impl=chosen))(*args)
     assert y.shape == inputs["x"].shape
-    assert_close(y, y_chunked, 0.0)
+    assert_close(y, y_chosen, 0.0)
 
 
-def test_selective_scan_failing_impl_warns_and_falls_back_to_reference(monkeypatch):
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_selective_scan_broken_impl_raises_instead_of_falling_back(monkeypatch, impl):
     def broken(*args, **kwargs):
-        raise NotImplementedError("no kernel for this shape\nsecond line")
+        raise RuntimeError("kernel bug")
 
-    monkeypatch.setitem(SELECTIVE_SCAN._entries, AUTO, broken)
+    monkeypatch.setitem(SELECTIVE_SCAN._impls, impl, broken)
+    with strict(False), pytest.raises(RuntimeError, match="kernel bug"):
+        run(functools.partial(selective_scan, impl=impl), make_inputs(4, length=20))
+
+
+def test_selective_scan_unsupported_impl_warns_once_and_returns_the_reference(monkeypatch):
+    def unsupported(*args, **kwargs):
+        raise Unsupported("no kernel for this shape\nsecond line")
+
+    monkeypatch.setitem(SELECTIVE_SCAN._impls, "chunked", unsupported)
     inputs = make_inputs(4, length=20)
-    with pytest.warns(
-        UserWarning,
-        match=rf"'{AUTO}' failed \(NotImplementedError: no kernel for "
-        r"this shape\); falling back to 'reference'$",
-    ):
-        y, h = run(functools.partial(selective_scan, dt_softplus=True), inputs)
-    y_ref, h_ref = run(reference.selective_scan, inputs, dt_softplus=True)
+    scan = functools.partial(selective_scan, impl="chunked", dt_softplus=True)
+    with strict(False), pytest.warns(UserWarning) as warned:
+        y, h = run(scan, inputs)
+    assert [str(w.message) for w in warned] == [
+        "selective_scan impl 'chunked' cannot serve this call (Unsupported: no kernel for this "
+        "shape); falling back to 'reference'"
+    ]
+    y_ref, h_ref = run(reference_scan, inputs, dt_softplus=True)
     assert_close(y, y_ref, 0.0)
     assert_close(h, h_ref, 0.0)
+    with pytest.raises(DispatchError, match="strict dispatch allows no fallback"):
+        run(scan, inputs)  # the suite runs strict
+
+
+def test_selective_scan_passes_chunk_size_through_and_rejects_unknown_options():
+    inputs = make_inputs(7, length=20)
+    scan = functools.partial(selective_scan, impl="chunked", chunk_size=3, dt_softplus=True)
+    y, h = run(scan, inputs)
+    y_ref, h_ref = run(reference_scan, inputs, dt_softplus=True)
+    assert_close(y, y_ref, TOLERANCE["float32"]["out"], "y")
+    assert_close(h, h_ref, TOLERANCE["float32"]["out"], "state")
+    with pytest.raises(ValueError, match="impl 'associative' takes no option 'chunk_size'"):
+        run(functools.partial(selective_scan, impl="associative", chunk_size=3), inputs)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
+        run(functools.partial(selective_scan, impl="chunked", chunk_size=0), inputs)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_selective_scan_computes_float64_inputs_in_float64(impl):
+    with jax.enable_x64(True):
+        inputs = {k: v.astype(jnp.float64) for k, v in make_inputs(8, length=30).items()}
+        y, h = run(functools.partial(selective_scan, impl=impl), inputs, dt_softplus=True)
+        y_ref, h_ref = run(reference_scan, inputs, dt_softplus=True)
+    assert y.dtype == h.dtype == jnp.float64
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h, h_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_selective_state_update_is_one_step_of_the_recurrence_in_float64_numpy():
+    rng = np.random.default_rng(9)
+    b, d, n, g = 2, 8, 4, 2
+    h, A = rng.standard_normal((b, d, n)), -np.exp(rng.standard_normal((d, n)))
+    x, dt, z = (rng.standard_normal((b, d)) for _ in range(3))
+    B, C = (rng.standard_normal((b, g, n)) for _ in range(2))
+    D, dt_bias = rng.standard_normal(d), rng.standard_normal(d)
+    delta = np.log1p(np.exp(dt + dt_bias))
+    B_d, C_d = np.repeat(B, d // g, axis=1), np.repeat(C, d // g, axis=1)
+    h_new = np.exp(delta[..., None] * A) * h + (delta * x)[..., None] * B_d
+    y = (np.sum(C_d * h_new, -1) + D * x) * z / (1 + np.exp(-z))
+    args = [jnp.asarray(a, jnp.float32) for a in (h, x, dt, A, B, C, D, z)]
+    update = jax.jit(functools.partial(selective_state_update, dt_softplus=True))
+    y_op, h_op = update(*args, dt_bias=jnp.asarray(dt_bias, jnp.float32))
+    np.testing.assert_allclose(h_op, h_new, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y_op, y, rtol=1e-5, atol=1e-5)
+
+
+def test_selective_state_update_steps_equal_the_scan():
+    inputs = make_inputs(10, length=6)
+    y_ref, h_ref = run(reference_scan, inputs, dt_softplus=True)
+    h, ys = inputs["h0"], []
+    for t in range(6):
+        step = [inputs[k][:, t] for k in ("x", "dt")] + [inputs["A"]]
+        step += [inputs[k][:, t] for k in ("B", "C")] + [inputs["D"], inputs["z"][:, t]]
+        y_t, h = selective_state_update(h, *step, dt_bias=inputs["dt_bias"], dt_softplus=True)
+        ys.append(y_t)
+    assert_close(jnp.stack(ys, 1), y_ref, TOLERANCE["float32"]["out"], "y")
+    assert_close(h, h_ref, TOLERANCE["float32"]["out"], "state")
 
 
 def test_selective_scan_unknown_impl_names_the_valid_ones():
@@ -236,7 +313,7 @@ def _temp_bytes(fn, *args):
 def test_selective_scan_chunked_memory_does_not_grow_with_state_per_step(impl):
     # Per extra time step the chunked scan may hold O(d + n) numbers, not a (d, n) state.
     b, d, n = 1, 16, 64
-    chunked = SELECTIVE_SCAN.get(impl)
+    chunked = functools.partial(selective_scan, impl=impl)
 
     def grad(*args):
         return jax.grad(lambda *a: chunked(*a).sum(), argnums=(0, 1, 2, 3, 4))(*args)

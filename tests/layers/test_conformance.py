@@ -1,0 +1,200 @@
+"""The layer contract (ssm/layers/base.py), checked for every registered layer and every
+implementation of the op it dispatches to.
+
+A new layer is covered by adding its configurations to ``CONFIGS``; a registered layer without
+one fails ``test_every_registered_layer_has_conformance_configs``.
+"""
+
+import typing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssm.layers import LAYERS, NoRecurrentState
+from ssm.params import SSMParam
+
+# layer name -> {config id: options}; bidirectional configs have no recurrent state.
+CONFIGS = {
+    "s4d": {
+        "s4d": dict(d_state=8, channels=2, dt_min=0.05),
+        "s4d-bidirectional": dict(d_state=8, channels=2, bidirectional=True, dt_min=0.05),
+    },
+    "mamba": {
+        "mamba": dict(d_state=4, dt_min=0.01, dt_max=0.5),
+        "mamba-bidirectional": dict(d_state=4, bidirectional=True, dt_min=0.01, dt_max=0.5),
+    },
+}
+D_MODEL, LENGTH, BATCH = 8, 12, 2
+# |actual - expected| <= tol * max |expected|, per compute dtype.
+TOLERANCE = {"float32": 1e-4, "bfloat16": 6e-2}
+
+
+def impls_of(name):
+    """The registered names of the op behind the layer's ``impl`` option ([None] if none)."""
+    hints = typing.get_type_hints(LAYERS.get(name).__init__, include_extras=True)
+    if "impl" not in hints:
+        return [None]
+    (op,) = typing.get_args(hints["impl"])[1:]
+    return op.names()
+
+
+CASES = [
+    pytest.param(name, options, impl, id=f"{config}-{impl}")
+    for name, configs in CONFIGS.items()
+    for config, options in configs.items()
+    for impl in impls_of(name)
+]
+
+
+def make_layer(name, options, impl, **kwargs):
+    options = {**options, **({} if impl is None else {"impl": impl})}
+    return LAYERS.get(name)(D_MODEL, **options, **kwargs, rngs=nnx.Rngs(0))
+
+
+def inputs(length=LENGTH, seed=1, dtype=jnp.float32):
+    return jax.random.normal(jax.random.key(seed), (BATCH, length, D_MODEL)).astype(dtype)
+
+
+@nnx.jit(static_argnames="return_state")
+def forward(layer, x, mask=None, state=None, return_state=False):
+    return layer(x, mask, state=state, return_state=return_state)
+
+
+@nnx.jit
+def step(layer, x_t, state):
+    return layer.step(x_t, state)
+
+
+def assert_close(actual, expected, dtype="float32", what=""):
+    actual, expected = (np.asarray(jnp.asarray(a, jnp.float32)) for a in (actual, expected))
+    scale = float(np.max(np.abs(expected)))
+    np.testing.assert_allclose(actual, expected, atol=TOLERANCE[dtype] * scale, err_msg=what)
+
+
+def assert_states_close(actual, expected):
+    """Every leaf of two states (real or complex) equal within the float32 tolerance."""
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert a.shape == e.shape and a.dtype == e.dtype
+        scale = float(jnp.max(jnp.abs(e))) if e.size else 0.0
+        np.testing.assert_allclose(a, e, atol=TOLERANCE["float32"] * scale, err_msg="state")
+
+
+def test_every_registered_layer_has_conformance_configs():
+    assert sorted(CONFIGS) == LAYERS.names()
+
+
+@pytest.mark.parametrize("name, options, impl", CASES)
+def test_layer_parallel_equals_step_by_step(name, options, impl):
+    layer = make_layer(name, options, impl)
+    x = inputs()
+    if not layer.recurrent:
+        for ask in (
+            lambda: layer.initial_state(BATCH),
+            lambda: layer.step(x[:, 0], None),
+            lambda: layer(x, return_state=True),
+        ):
+            with pytest.raises(NoRecurrentState) as error:
+                ask()
+            assert "\n" not in str(error.value)
+        return
+    state = layer.initial_state(BATCH)
+    ys = []
+    for t in range(LENGTH):
+        y_t, state = step(layer, x[:, t], state)
+        ys.append(y_t)
+    y, final = forward(layer, x, return_state=True)
+    assert y.shape == (BATCH, LENGTH, layer.d_output)
+    assert_close(jnp.stack(ys, axis=1), y, what="step outputs")
+    assert_states_close(state, final)
+
+
+@pytest.mark.parametrize("name, options, impl", CASES)
+def test_layer_split_and_continue_equals_whole(name, options, impl):
+    layer = make_layer(name, options, impl)
+    if not layer.recurrent:
+        pytest.skip("no recurrent state: the layer refuses state= (test_layer_parallel_equals...)")
+    x, k = inputs(), 5
+    y_whole, state_whole = forward(layer, x, return_state=True)
+    y_first, state_mid = forward(layer, x[:, :k], return_state=True)
+    y_second, state_last = forward(layer, x[:, k:], state=state_mid, return_state=True)
+    assert_close(jnp.concatenate([y_first, y_second], axis=1), y_whole, what="outputs")
+    assert_states_close(state_last, state_whole)
+    # from an explicit zero state == from no state
+    assert_close(forward(layer, x, state=layer.initial_state(BATCH)), y_whole, what="zero state")
+
+
+@pytest.mark.parametrize("name, options, impl", CASES)
+def test_layer_padded_positions_change_nothing(name, options, impl):
+    layer = make_layer(name, options, impl)
+    x = inputs()
+    lengths = [7, LENGTH]
+    mask = jnp.arange(LENGTH)[None, :] < jnp.array(lengths)[:, None]
+    noisy = jnp.where(mask[..., None], x, 100.0)
+    if layer.recurrent:
+        y, state = forward(layer, noisy, mask, return_state=True)
+    else:
+        y = forward(layer, noisy, mask)
+    np.testing.assert_array_equal(y[0, lengths[0] :], 0.0)
+    for row, length in enumerate(lengths):
+        alone = x[row : row + 1, :length]
+        if layer.recurrent:
+            y_alone, state_alone = forward(layer, alone, return_state=True)
+            row_state = jax.tree.map(lambda s, row=row: s[row : row + 1], state)
+            assert_states_close(row_state, state_alone)
+        else:
+            y_alone = forward(layer, alone)
+        assert_close(y[row : row + 1, :length], y_alone, what=f"row {row}")
+
+
+@pytest.mark.parametrize("name, options, impl", CASES)
+def test_layer_bf16_compute_is_within_tolerance_of_float32(name, options, impl):
+    fp32 = make_layer(name, options, impl)
+    bf16 = make_layer(name, options, impl, dtype=jnp.bfloat16)
+    x = inputs()
+    y = forward(bf16, x.astype(jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    assert_close(y, forward(fp32, x), "bfloat16")
+    if bf16.recurrent:
+        y_t, _ = step(bf16, x[:, 0].astype(jnp.bfloat16), bf16.initial_state(BATCH))
+        assert y_t.dtype == jnp.bfloat16
+        assert_close(y_t, forward(fp32, x)[:, 0], "bfloat16", "step")
+
+
+@pytest.mark.parametrize("name, options, impl", CASES)
+def test_layer_gradients_are_finite_and_reach_every_parameter(name, options, impl):
+    layer = make_layer(name, options, impl)
+    x = inputs()
+    mask = jnp.arange(LENGTH)[None, :] < jnp.array([[9], [LENGTH]])
+
+    def loss(layer):
+        return jnp.mean(layer(x, mask) ** 2)
+
+    grads = nnx.jit(nnx.grad(loss))(layer)
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree.leaves_with_path(grads)]
+    leaves = jax.tree.leaves(grads)
+    assert len(leaves) == len(jax.tree.leaves(nnx.state(layer, nnx.Param)))
+    for path, g in zip(names, leaves, strict=True):
+        assert bool(jnp.all(jnp.isfinite(g))), path
+        assert float(jnp.max(jnp.abs(g))) > 0, f"no gradient reaches {path}"
+
+
+@pytest.mark.parametrize("name, options, impl", CASES)
+def test_layer_ssm_parameters_are_ssm_params_in_float32(name, options, impl):
+    layer = make_layer(name, options, impl, param_dtype=jnp.bfloat16)
+    ssm_params = jax.tree.leaves(nnx.state(layer, SSMParam))
+    assert ssm_params, "a state-space layer declares its SSM parameters as SSMParam"
+    assert {p.dtype for p in ssm_params} == {jnp.dtype(jnp.float32)}
+    others = jax.tree.leaves(nnx.state(layer, nnx.Not(SSMParam)))
+    assert {p.dtype for p in others} <= {jnp.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_layer_rejects_an_unregistered_impl_naming_the_registered_ones(name):
+    if impls_of(name) == [None]:
+        pytest.skip(f"{name} dispatches to no op")
+    with pytest.raises(ValueError, match=r"impl 'nope'; valid: auto, .*reference") as error:
+        make_layer(name, next(iter(CONFIGS[name].values())), "nope")
+    assert "\n" not in str(error.value)
