@@ -106,3 +106,17 @@ def test_output_none_adds_the_layer_output_to_the_residual_directly():
 def test_output_none_refuses_a_layer_with_a_different_output_size():
     with pytest.raises(ValueError, match="output='none' needs a layer whose output size"):
         model(output="none", layer_options={"d_state": 4, "channels": 2})
+
+
+def test_gelu_is_exact_and_gelu_tanh_is_the_approximation():
+    from math import erf, sqrt, tanh
+
+    from ssm.models.sequence import ACTIVATIONS
+
+    x = np.linspace(-4, 4, 33)
+    exact = [0.5 * v * (1 + erf(v / sqrt(2))) for v in x]
+    approx = [0.5 * v * (1 + tanh(sqrt(2 / np.pi) * (v + 0.044715 * v**3))) for v in x]
+    xs = jnp.asarray(x, jnp.float32)
+    np.testing.assert_allclose(ACTIVATIONS["gelu"](xs), exact, atol=1e-6)
+    np.testing.assert_allclose(ACTIVATIONS["gelu_tanh"](xs), approx, atol=1e-6)
+    assert float(jnp.max(jnp.abs(ACTIVATIONS["gelu"](xs) - ACTIVATIONS["gelu_tanh"](xs)))) > 1e-4
