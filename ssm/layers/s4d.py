@@ -99,14 +99,14 @@ class S4D(SequenceLayer):
         if mask is not None:
             x = jnp.where(mask[..., None], x, 0)
         u = x.astype(jnp.float32)  # (b, l, h)
-        k = jnp.swapaxes(self.kernel(length).T, 1, 2)  # (l, copies, h)
+        log_dA, dB, C = self.discrete()
+        k = jnp.swapaxes(vandermonde_kernel(log_dA, dB, C, length).T, 1, 2)  # (l, copies, h)
         c = self.channels
         if self.bidirectional:
             y = long_conv(u[:, :, None], k[:, :c], k[:, c:], impl=self.impl)
         else:
             y = long_conv(u[:, :, None], k, impl=self.impl)
         y = y + self.D[...].astype(jnp.float32) * u[:, :, None]  # (b, l, c, h)
-        log_dA, dB, C = self.discrete()
         if state is not None:  # free response: y_t += 2 Re(C Ā^(t+1) h0)
             powers = jnp.exp(log_dA[..., None] * jnp.arange(1, length + 1))  # (h, n2, l)
             y = y + 2.0 * jnp.einsum("chn,bhn,hnl->blch", C, state, powers, precision=HIGHEST).real
