@@ -111,3 +111,42 @@ def selective_scan(x, dt, A, B, C, D=None, z=None, *, h0=None, reverse=False, **
     time_major = [None if a is None else jnp.swapaxes(a, 0, 1) for a in (x, dt, B, C, z)]
     h, y = jax.lax.scan(step, h0, time_major, reverse=reverse)
     return jnp.swapaxes(y, 0, 1), h
+
+
+def linear_scan(a, b, *, h0=None, reverse=False, segment_ids=None):
+    """The linear recurrence h_t = a_t ⊙ h_{t-1} + b_t, one step at a time.
+
+    Args:
+      a: (b, l, ...) like ``b``, or b.shape[2:] (the same at every step and row); real or complex.
+      b: (b, l, ...).
+      h0: optional (b, ...) state before the first step (after the last one if ``reverse``).
+      reverse: run from the end of the sequence to the start.
+      segment_ids: optional (b, l) ints; where a new segment starts (in the scan's direction)
+        the state restarts from zero: h_t = b_t.
+
+    Returns:
+      h: (b, l, ...) every state and the final (b, ...) state, both in the compute dtype
+      (complex if a or b is complex).
+    """
+    dtype = jnp.result_type(compute_dtype(a.dtype, b.dtype), a.dtype, b.dtype)
+    shared = a.ndim < b.ndim
+    if h0 is None:
+        h0 = jnp.zeros((b.shape[0], *b.shape[2:]), dtype)
+    if segment_ids is None:
+        segment_ids = jnp.zeros(b.shape[:2], jnp.int32)
+    previous = jnp.roll(segment_ids, 1 if not reverse else -1, axis=1)  # the step before, in order
+    edge = 0 if not reverse else -1
+    restart = (segment_ids != previous).at[:, edge].set(False)  # (b, l)
+
+    def step(h, inputs):
+        a_t, b_t, restart_t = inputs
+        a_t = a if shared else a_t
+        restart_t = restart_t.reshape(restart_t.shape + (1,) * (h.ndim - 1))
+        h = jnp.where(restart_t, 0, a_t * h) + b_t
+        return h, h
+
+    time_major = [jnp.swapaxes(v, 0, 1) for v in (a if not shared else b, b, restart)]
+    time_major = [v.astype(dtype) for v in time_major[:2]] + [time_major[2]]
+    a = a.astype(dtype)
+    h, hs = jax.lax.scan(step, h0.astype(dtype), time_major, reverse=reverse)
+    return jnp.swapaxes(hs, 0, 1), h

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from ssm.ops import reference
 from ssm.ops.dispatch import Op
+from ssm.ops.linear_scan import compose_affine
 from ssm.ops.numerics import compute_dtype
 
 SHORT_ON_CPU = 128  # on CPU the plain step-by-step scan is fastest up to this length
@@ -163,13 +164,6 @@ def _check_shapes(x, dt, A, B, C, D, z, dt_bias, h0):
         raise ValueError(f"selective_scan: C must have B's shape {B.shape}, got {C.shape}")
 
 
-def _combine(left, right):
-    """Compose two affine maps h -> a h + b (left first), elementwise."""
-    a_left, b_left = left
-    a_right, b_right = right
-    return a_left * a_right, a_right * b_left + b_right
-
-
 @SELECTIVE_SCAN.register("associative")
 def _scan_block(x, dt, A, B, C, h):
     """Associative scan of a block of steps from state h; memory O(b·t·d·n).
@@ -185,7 +179,7 @@ def _scan_block(x, dt, A, B, C, h):
     dA = jnp.exp(dt[..., None] * A)  # (b, t, d, n)
     dBx = (dt * x).reshape(b, t, g, d // g, 1) * B[:, :, :, None, :]  # (b, t, g, d/g, n)
     dBx = dBx.reshape(b, t, d, n).at[:, 0].add(dA[:, 0] * h)
-    _, hs = jax.lax.associative_scan(_combine, (dA, dBx), axis=1)  # (b, t, d, n)
+    _, hs = jax.lax.associative_scan(compose_affine, (dA, dBx), axis=1)  # (b, t, d, n)
     y = jnp.sum(hs.reshape(b, t, g, d // g, n) * C[:, :, :, None, :], axis=-1)  # not a dot: no TF32
     return y.reshape(b, t, d), hs[:, -1]
 
