@@ -61,7 +61,8 @@ def _associative(a, b, h0):
 
 @LINEAR_SCAN.register("chunked")
 def _chunked(a, b, h0, *, chunk_size=256):
-    """Peak memory O(b·chunk_size·d) of scan temporaries; the tail is padded with a = 1, b = 0."""
+    """Peak memory O(b·chunk_size·d) of scan temporaries; the tail is padded with a = 1, b = 0
+    (a shared a is then broadcast over time)."""
     if chunk_size < 1:
         raise ValueError(f"linear_scan: chunk_size must be >= 1, got {chunk_size}")
     batch, length = b.shape[:2]
@@ -72,7 +73,8 @@ def _chunked(a, b, h0, *, chunk_size=256):
     def to_chunks(v):  # (b, l, ...) -> (chunks, b, size, ...)
         return jnp.moveaxis(v.reshape(batch, chunks, size, *v.shape[2:]), 1, 0)
 
-    shared = a.ndim < b.ndim
+    shared = a.ndim < b.ndim and chunks * size == length  # a shared a cannot pad the tail
+    a = a if shared else jnp.broadcast_to(a, b.shape)
     xs = to_chunks(jnp.pad(b, pad))
     if not shared:
         xs = (to_chunks(jnp.pad(a, pad, constant_values=1)), xs)
