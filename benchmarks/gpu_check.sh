@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session: compiled equivalence tests of ops/layers/models, then the selective-scan
-# benchmark at the reference shape (b=4, l=8192, d=1536, n=16) in fp32 and bf16.
+# benchmark at the reference shape (b=4, l=8192, d=1536, n=16) and the linear-scan benchmark at
+# b=8, l=16384, d=512 (and d=256, S5-like), in fp32 and bf16.
 # Needs only jax/flax/optax/orbax/hypothesis/pytest/matplotlib (no hydra, grain or tfds).
 # Usage: OUT=<dir> bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -13,4 +14,6 @@ python3 -m pytest -q -p no:cacheprovider tests/ops tests/layers tests/models tes
 for dtype in float32 bfloat16; do
   python3 -m benchmarks.selective_scan --shapes reference --dtype "$dtype" --out "$OUT/$dtype" \
     2>&1 | tee "$OUT/bench_$dtype.log"
+  python3 -m benchmarks.linear_scan --shapes reference --dtype "$dtype" --out "$OUT/$dtype" \
+    2>&1 | tee "$OUT/bench_linear_scan_$dtype.log"
 done
