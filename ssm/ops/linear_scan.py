@@ -130,10 +130,7 @@ def linear_scan(
         a = a if a.ndim < b.ndim else jnp.flip(a, axis=1)
         segment_ids = None if segment_ids is None else jnp.flip(segment_ids, axis=1)
     if segment_ids is not None:
-        restart = jnp.concatenate(
-            [jnp.zeros_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
-            axis=1,
-        )
+        restart = reference.segment_starts(segment_ids)
         restart = restart.reshape(restart.shape + (1,) * (b.ndim - 2))
         a = jnp.where(restart, jnp.zeros((), f), jnp.broadcast_to(a, b.shape))
     hs, h = LINEAR_SCAN(impl, a, b, h, options=options)

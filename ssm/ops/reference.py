@@ -88,29 +88,43 @@ def selective_state_update(h, x, dt, A, B, C, D=None, z=None, *, dt_bias=None, d
     return y.astype(x.dtype), h
 
 
-def selective_scan(x, dt, A, B, C, D=None, z=None, *, h0=None, reverse=False, **step_options):
+def selective_scan(
+    x, dt, A, B, C, D=None, z=None, *, h0=None, reverse=False, segment_ids=None, **step_options
+):
     """Mamba's selective scan: ``selective_state_update`` at every step, in order.
 
     Args:
       x, dt, z: (b, l, d).   A: (d, n).   B, C: (b, l, n) or (b, l, g, n).
       h0: optional (b, d, n) state before the first step (after the last one if ``reverse``).
+      segment_ids: optional (b, l) ints; the state restarts from zero where a segment starts.
       step_options: ``dt_bias``, ``dt_softplus`` of ``selective_state_update``.
 
     Returns:
       y: (b, l, d) in x.dtype and the (b, d, n) final state in the compute dtype.
     """
-    b, _, d = x.shape
+    b, length, d = x.shape
     if h0 is None:
         h0 = jnp.zeros((b, d, A.shape[1]), compute_dtype(x.dtype, A.dtype))
+    restart = segment_starts(segment_ids, reverse, (b, length))
 
     def step(h, inputs):
-        x_t, dt_t, B_t, C_t, z_t = inputs
+        x_t, dt_t, B_t, C_t, z_t, restart_t = inputs
+        h = jnp.where(restart_t[:, None, None], 0, h)
         y_t, h = selective_state_update(h, x_t, dt_t, A, B_t, C_t, D, z_t, **step_options)
         return h, y_t
 
-    time_major = [None if a is None else jnp.swapaxes(a, 0, 1) for a in (x, dt, B, C, z)]
+    time_major = [None if a is None else jnp.swapaxes(a, 0, 1) for a in (x, dt, B, C, z, restart)]
     h, y = jax.lax.scan(step, h0, time_major, reverse=reverse)
     return jnp.swapaxes(y, 0, 1), h
+
+
+def segment_starts(segment_ids, reverse=False, shape=None):
+    """(b, l) bool: True where a new segment starts in the scan's direction (never at its first
+    step); all False for ``segment_ids`` None (then ``shape`` gives (b, l))."""
+    if segment_ids is None:
+        return jnp.zeros(shape, bool)
+    previous = jnp.roll(segment_ids, -1 if reverse else 1, axis=1)  # the step before, in order
+    return (segment_ids != previous).at[:, -1 if reverse else 0].set(False)
 
 
 def linear_scan(a, b, *, h0=None, reverse=False, segment_ids=None):
@@ -132,11 +146,7 @@ def linear_scan(a, b, *, h0=None, reverse=False, segment_ids=None):
     shared = a.ndim < b.ndim
     if h0 is None:
         h0 = jnp.zeros((b.shape[0], *b.shape[2:]), dtype)
-    if segment_ids is None:
-        segment_ids = jnp.zeros(b.shape[:2], jnp.int32)
-    previous = jnp.roll(segment_ids, 1 if not reverse else -1, axis=1)  # the step before, in order
-    edge = 0 if not reverse else -1
-    restart = (segment_ids != previous).at[:, edge].set(False)  # (b, l)
+    restart = segment_starts(segment_ids, reverse, b.shape[:2])
 
     def step(h, inputs):
         a_t, b_t, restart_t = inputs

@@ -7,10 +7,12 @@ y_t = C_t · h_t + D x_t, times silu(z_t) when z is given. The state h is (b, d,
 ``selective_scan`` forms Δ, groups B and C, flips for ``reverse``, adds D and the gate; an
 implementation registered in ``SELECTIVE_SCAN`` does the rest, with the signature
 
-    impl(x, dt, A, B, C, h0, *, <options>) -> (y, h)
+    impl(x, dt, A, B, C, h0, restart, *, <options>) -> (y, h)
 
-on compute-dtype inputs x, dt (b, l, d) with the final Δ, A (d, n), B, C (b, l, g, n) and the
-state h0 (b, d, n), running forwards; y (b, l, d) = C · h only. Implementations:
+on compute-dtype inputs x, dt (b, l, d) with the final Δ, A (d, n), B, C (b, l, g, n), the
+state h0 (b, d, n) and ``restart`` (b, l) bool (the state restarts from zero before a True
+step: packed sequences; None when there are none), running forwards; y (b, l, d) = C · h only.
+Implementations:
 
 - ``reference``: step by step with ``lax.scan`` (``ssm.ops.reference``);
 - ``associative``: one ``lax.associative_scan`` over the whole sequence, holds (b, l, d, n);
@@ -46,8 +48,12 @@ SELECTIVE_STATE_UPDATE.register("reference")(reference.selective_state_update)
 
 
 @SELECTIVE_SCAN.register("reference")
-def _reference(x, dt, A, B, C, h0):
-    return reference.selective_scan(x, dt, A, B, C, h0=h0)
+def _reference(x, dt, A, B, C, h0, restart):
+    segment_ids = None
+    if restart is not None:  # a restart at the first step is one of h0
+        h0 = jnp.where(restart[:, 0, None, None], 0.0, h0)
+        segment_ids = jnp.cumsum(restart, axis=1)
+    return reference.selective_scan(x, dt, A, B, C, h0=h0, segment_ids=segment_ids)
 
 
 def selective_scan(
@@ -63,6 +69,7 @@ def selective_scan(
     dt_softplus=False,
     h0=None,
     reverse=False,
+    segment_ids=None,
     return_state=False,
     impl="auto",
     **options,
@@ -81,6 +88,8 @@ def selective_scan(
       h0: optional (b, d, n) state before the first step (after the last one if ``reverse``).
       reverse: run from the end of the sequence to the start (the backward half of a
         bidirectional layer).
+      segment_ids: optional (b, l) ints marking packed sequences: where a new segment starts
+        (in the scan's direction) the state restarts from zero, so segments never mix.
       return_state: also return the final state, which continues the scan:
         ``scan(x[:, :k])`` then ``scan(x[:, k:], h0=state)`` equals ``scan(x)``.
       impl: "auto" (on CPU the reference up to length 128, else ``chunked_sequential``;
@@ -92,14 +101,19 @@ def selective_scan(
       (b, d, n) final state in the compute dtype if ``return_state``.
     """
     _check_shapes(x, dt, A, B, C, D, z, dt_bias, h0)
+    if segment_ids is not None and segment_ids.shape != x.shape[:2]:
+        raise ValueError(
+            f"selective_scan: segment_ids must have shape {x.shape[:2]}, got {segment_ids.shape}"
+        )
     f = compute_dtype(x.dtype, A.dtype)
     xf, dt, B, C = (a.astype(f) for a in (x, _delta(dt, dt_bias, dt_softplus, f), B, C))
     if B.ndim == 3:
         B, C = B[:, :, None], C[:, :, None]
     h = jnp.zeros((x.shape[0], *A.shape), f) if h0 is None else h0.astype(f)
     flip = (lambda a: jnp.flip(a, axis=1)) if reverse else (lambda a: a)
+    restart = None if segment_ids is None else reference.segment_starts(flip(segment_ids))
     y, h = SELECTIVE_SCAN(
-        impl, *map(flip, (xf, dt)), A.astype(f), *map(flip, (B, C)), h, options=options
+        impl, *map(flip, (xf, dt)), A.astype(f), *map(flip, (B, C)), h, restart, options=options
     )
     y = _skip_and_gate(flip(y), xf, D, z)
     return (y.astype(x.dtype), h) if return_state else y.astype(x.dtype)
@@ -165,11 +179,12 @@ def _check_shapes(x, dt, A, B, C, D, z, dt_bias, h0):
 
 
 @SELECTIVE_SCAN.register("associative")
-def _scan_block(x, dt, A, B, C, h):
+def _scan_block(x, dt, A, B, C, h, restart):
     """Associative scan of a block of steps from state h; memory O(b·t·d·n).
 
     Args:
       x, dt: (b, t, d).   A: (d, n).   B, C: (b, t, g, n).   h: (b, d, n) state before the block.
+      restart: (b, t) bool or None: the state restarts from zero before these steps.
 
     Returns:
       y: (b, t, d) (C · h only) and the (b, d, n) state after the block.
@@ -177,6 +192,8 @@ def _scan_block(x, dt, A, B, C, h):
     b, t, d = x.shape
     g, n = B.shape[2:]
     dA = jnp.exp(dt[..., None] * A)  # (b, t, d, n)
+    if restart is not None:
+        dA = jnp.where(restart[:, :, None, None], 0.0, dA)
     dBx = (dt * x).reshape(b, t, g, d // g, 1) * B[:, :, :, None, :]  # (b, t, g, d/g, n)
     dBx = dBx.reshape(b, t, d, n).at[:, 0].add(dA[:, 0] * h)
     _, hs = jax.lax.associative_scan(compose_affine, (dA, dBx), axis=1)  # (b, t, d, n)
@@ -184,7 +201,7 @@ def _scan_block(x, dt, A, B, C, h):
     return y.reshape(b, t, d), hs[:, -1]
 
 
-def _chunked(scan_block, x, dt, A, B, C, h, chunk_size):
+def _chunked(scan_block, x, dt, A, B, C, h, restart, chunk_size):
     """``scan_block`` inside chunks of ``chunk_size`` steps, a sequential carry across them.
 
     Peak memory O(b·l·d + b·chunk_size·d·n) in the forward; the backward recomputes each chunk
@@ -198,24 +215,26 @@ def _chunked(scan_block, x, dt, A, B, C, h, chunk_size):
     chunks = math.ceil(length / size)
 
     def to_chunks(a):  # (b, l, ...) -> (chunks, b, size, ...)
+        if a is None:
+            return None
         a = jnp.pad(a, [(0, 0), (0, chunks * size - length)] + [(0, 0)] * (a.ndim - 2))
         return jnp.moveaxis(a.reshape(b, chunks, size, *a.shape[2:]), 1, 0)
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def step(h, inputs):
-        x_c, dt_c, B_c, C_c = inputs
-        y_c, h = scan_block(x_c, dt_c, A, B_c, C_c, h)
+        x_c, dt_c, B_c, C_c, restart_c = inputs
+        y_c, h = scan_block(x_c, dt_c, A, B_c, C_c, h, restart_c)
         return h, y_c
 
-    h, y = jax.lax.scan(step, h, [to_chunks(a) for a in (x, dt, B, C)])
+    h, y = jax.lax.scan(step, h, [to_chunks(a) for a in (x, dt, B, C, restart)])
     return jnp.moveaxis(y, 0, 1).reshape(b, chunks * size, d)[:, :length], h
 
 
 @SELECTIVE_SCAN.register("chunked")
-def _chunked_associative(x, dt, A, B, C, h, *, chunk_size=64):
-    return _chunked(_scan_block, x, dt, A, B, C, h, chunk_size)
+def _chunked_associative(x, dt, A, B, C, h, restart, *, chunk_size=64):
+    return _chunked(_scan_block, x, dt, A, B, C, h, restart, chunk_size)
 
 
 @SELECTIVE_SCAN.register("chunked_sequential")
-def _chunked_sequential(x, dt, A, B, C, h, *, chunk_size=64):
-    return _chunked(_reference, x, dt, A, B, C, h, chunk_size)
+def _chunked_sequential(x, dt, A, B, C, h, restart, *, chunk_size=64):
+    return _chunked(_reference, x, dt, A, B, C, h, restart, chunk_size)

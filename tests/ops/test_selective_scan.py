@@ -135,9 +135,10 @@ def test_selective_scan_impl_matches_reference_grad(impl_and_reference):
     optional=st.sets(st.sampled_from(OPTIONAL)),
     dt_softplus=st.booleans(),
     reverse=st.booleans(),
+    segments=st.booleans(),
 )
 def test_selective_scan_impl_matches_reference_any_shape_and_options(
-    impl, length, chunk_size, groups, optional, dt_softplus, reverse
+    impl, length, chunk_size, groups, optional, dt_softplus, reverse, segments
 ):
     inputs = make_inputs(length, b=1, length=length, groups=groups)
     inputs = {k: v for k, v in inputs.items() if k not in OPTIONAL or k in optional}
@@ -146,11 +147,32 @@ def test_selective_scan_impl_matches_reference_any_shape_and_options(
         if "dt_bias" in inputs:
             inputs["dt_bias"] = jnp.abs(inputs["dt_bias"]) * 0.1
     kwargs = dict(dt_softplus=dt_softplus, reverse=reverse)
+    if segments:
+        starts = np.random.default_rng(length).random((1, length)) < 0.2
+        kwargs["segment_ids"] = jnp.asarray(np.cumsum(starts, axis=1))
     extra = {"chunk_size": chunk_size} if impl.startswith("chunked") else {}
     y, h = run(functools.partial(selective_scan, impl=impl), inputs, **kwargs, **extra)
     y_ref, h_ref = run(reference_scan, inputs, **kwargs)
     assert_close(y, y_ref, TOLERANCE["float32"]["out"], "y")
     assert_close(h, h_ref, TOLERANCE["float32"]["out"], "state")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_selective_scan_segments_equal_each_segment_run_alone_from_zero(impl, reverse):
+    inputs = make_inputs(11, b=1, length=30)
+    inputs.pop("h0")
+    bounds = [(0, 7), (7, 22), (22, 30)]
+    segment_ids = jnp.asarray([[i for i, (a, b) in enumerate(bounds) for _ in range(b - a)]])
+    chunks = {"chunk_size": 8} if impl.startswith("chunked") else {}  # several chunks
+    scan = functools.partial(selective_scan, impl=impl, dt_softplus=True, reverse=reverse, **chunks)
+    y, h = run(scan, inputs, segment_ids=segment_ids)
+    for start, stop in bounds:
+        alone = {k: v[:, start:stop] if v.ndim >= 3 else v for k, v in inputs.items()}
+        y_alone, h_alone = run(scan, alone)
+        assert_close(y[:, start:stop], y_alone, TOLERANCE["float32"]["out"], f"{start}:{stop}")
+        if (start, stop) == (bounds[0] if reverse else bounds[-1]):  # where the scan ends
+            assert_close(h, h_alone, TOLERANCE["float32"]["out"], "final state")
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
