@@ -48,3 +48,33 @@ def inverse_softplus(y):
 # PyTorch's nn.Linear default (kaiming_uniform with a=√5): uniform in ±1/√fan_in, as the Mamba
 # reference code initializes its projections.
 torch_linear_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def rglru_a_param(key, shape, min_rad: float = 0.9, max_rad: float = 0.999):
+    """RG-LRU's a_param (recurrentgemma's ``rnn_param_init``), float32.
+
+    The base decay a = exp(-softplus(a_param)) = σ(-a_param) has a² uniform in
+    [min_rad², max_rad²]: a is uniform by area on the ring min_rad <= |a| <= max_rad.
+    """
+    u = jax.random.uniform(key, shape)
+    log_a = 0.5 * jnp.log(u * (max_rad**2 - min_rad**2) + min_rad**2 + 1e-8)
+    return inverse_softplus(-log_a)
+
+
+def lru_ring_init(key, n: int, r_min: float, r_max: float, max_phase: float):
+    """LRU's ring init (Orvieto et al. 2023, Appendix A): λ = exp(-exp(ν_log) + i exp(θ_log)).
+
+    |λ|² is uniform in [r_min², r_max²] (λ uniform by area on the ring), its phase uniform in
+    [0, max_phase]; γ = √(1 - |λ|²) normalizes the input. |λ|² and the phase are kept at least
+    the smallest normal float, so r_min = 0 gives no infinite parameter.
+
+    Returns:
+      (ν_log, θ_log, γ_log), each (n,) float32.
+    """
+    k_radius, k_phase = jax.random.split(key)
+    tiny = jnp.finfo(jnp.float32).tiny
+    r2 = jax.random.uniform(k_radius, (n,)) * (r_max**2 - r_min**2) + r_min**2  # |λ|²
+    r2 = jnp.maximum(r2, tiny)
+    theta = jnp.maximum(max_phase * jax.random.uniform(k_phase, (n,)), tiny)
+    nu = -0.5 * jnp.log(r2)  # |λ| = exp(-ν)
+    return jnp.log(nu), jnp.log(theta), 0.5 * jnp.log(-jnp.expm1(-2 * nu))

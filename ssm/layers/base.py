@@ -48,12 +48,14 @@ class SequenceLayer(nnx.Module):
         """Whether the layer has a finite state (``initial_state``, ``step``, ``state=``)."""
         return True
 
-    def require_state(self, what: str) -> None:
-        """Raise ``NoRecurrentState`` naming ``what`` was asked of a non-recurrent layer."""
+    def require_state(self, what: str, reason: str | None = None) -> None:
+        """Raise ``NoRecurrentState`` naming ``what`` was asked of a non-recurrent layer, and why
+        (``reason``; by default that a bidirectional layer sees the future)."""
         if not self.recurrent:
+            reason = reason or "(a bidirectional layer sees the future); use bidirectional=False"
             raise NoRecurrentState(
                 f"{type(self).__name__} with these options has no recurrent state, so no {what} "
-                "(a bidirectional layer sees the future); use bidirectional=False"
+                + reason
             )
 
     def compute_dtype(self, x):
@@ -79,3 +81,23 @@ def canonical_dtype(dtype):
 def valid_lengths(mask):
     """(b,) int32 number of valid positions per row of a (b, l) mask; None without a mask."""
     return None if mask is None else jnp.sum(mask, axis=1, dtype=jnp.int32)
+
+
+def last_valid_state(states, last, mask, state=None):
+    """The state after each row's last valid position, from a scan that ran through the padding.
+
+    Args:
+      states: (b, l, n) every state.   last: (b, n) the state after position l - 1.
+      mask: (b, l) bool or None (then ``last``).   state: optional (b, n) state before the scan,
+        kept by rows without a valid position.
+
+    Returns:
+      (b, n) in ``last``'s dtype.
+    """
+    lengths = valid_lengths(mask)
+    if lengths is None:
+        return last
+    index = jnp.maximum(lengths - 1, 0)[:, None, None]
+    at_last = jnp.take_along_axis(states, index, axis=1)[:, 0]
+    before = jnp.zeros_like(at_last) if state is None else state.astype(at_last.dtype)
+    return jnp.where((lengths > 0)[:, None], at_last, before)

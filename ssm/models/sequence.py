@@ -26,6 +26,8 @@ class ResidualBlock(nnx.Module):
 
     ``output="none"`` is for layers with their own gating and output projection (Mamba): the
     residual update is then ``dropout(layer(norm(x)))``, with no activation or extra projection.
+    "glu" projects to 2d and gates (S5's "full_glu"); S5's half GLUs gate with one d x d
+    projection W of a = dropout(act(z)): "half_glu1" a ⊙ σ(W a), "half_glu2" z ⊙ σ(W a).
     ``norm``: "layer", "batch" or "rms". Like its layer it can start from and return a state,
     and run one position at a time (``step``, inference mode).
     """
@@ -39,12 +41,12 @@ class ResidualBlock(nnx.Module):
         else:
             self.norm = nnx.BatchNorm(d_model, dtype=dtype, momentum=0.9, rngs=rngs)
         self.output = output
+        if output in ("none", "half_glu1", "half_glu2") and layer.d_output != d_model:
+            raise ValueError(
+                f"model.output={output!r} needs a layer whose output size is d_model={d_model}, "
+                f"got {layer.d_output}; use output 'glu' or 'linear'"
+            )
         if output == "none":
-            if layer.d_output != d_model:
-                raise ValueError(
-                    f"model.output='none' needs a layer whose output size is d_model={d_model}, "
-                    f"got {layer.d_output}; use output 'glu' or 'linear'"
-                )
             self.out = None
         else:
             width = 2 * d_model if output == "glu" else d_model
@@ -59,13 +61,17 @@ class ResidualBlock(nnx.Module):
 
     def _update(self, x, z, mask, train, key):
         """x + the residual update from the layer's output z (..., d_output)."""
-        if self.out is not None:
-            z = self.activation(z)
-        z = self.dropout(z, deterministic=not train, rngs=key)
-        if self.out is not None:
-            z = self.out(z)
-        if self.output == "glu":
-            z = nnx.glu(z, axis=-1)
+        if self.output in ("half_glu1", "half_glu2"):
+            a = self.dropout(self.activation(z), deterministic=not train, rngs=key)
+            z = (a if self.output == "half_glu1" else z) * nnx.sigmoid(self.out(a))
+        else:
+            if self.out is not None:
+                z = self.activation(z)
+            z = self.dropout(z, deterministic=not train, rngs=key)
+            if self.out is not None:
+                z = self.out(z)
+            if self.output == "glu":
+                z = nnx.glu(z, axis=-1)
         x = x + z
         return x if self.prenorm else self._norm(x, mask, train)
 
@@ -109,7 +115,7 @@ class SequenceModel(nnx.Module):
         n_layers: int = 4,
         dropout: float = 0.1,
         activation: Literal["gelu", "gelu_tanh", "relu", "silu", "tanh"] = "gelu",
-        output: Literal["glu", "linear", "none"] = "glu",
+        output: Literal["glu", "linear", "half_glu1", "half_glu2", "none"] = "glu",
         norm: Literal["layer", "batch"] = "layer",
         prenorm: bool = True,
         pooling: Literal["mean", "last", "none"] = "mean",

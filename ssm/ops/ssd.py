@@ -252,3 +252,46 @@ def _check_shapes(x, dt, A, B, C, D, z, dt_bias, h0, segment_ids):
         if value is not None and value.shape not in shapes:
             valid = " or ".join(map(str, shapes))
             raise ValueError(f"ssd: {name} must have shape {valid}, got {value.shape}")
+
+
+SSD_STATE_UPDATE = Op("ssd_state_update", auto=lambda *args, **kwargs: "reference")
+
+
+@SSD_STATE_UPDATE.register("reference")
+def _reference_state_update(h, x, dt, A, B, C, D=None, z=None, *, dt_bias=None, dt_softplus=False):
+    """The selective scan's reference step on h·p channels (see ``ssd_state_update``)."""
+    b, heads, p = x.shape
+    n = B.shape[-1]
+    if D is not None and D.ndim == 1:
+        D = jnp.broadcast_to(D[:, None], (heads, p))
+    y, h = reference.selective_state_update(
+        h.reshape(b, heads * p, n),
+        x.reshape(b, heads * p),
+        jnp.repeat(dt, p, axis=-1),
+        jnp.broadcast_to(jnp.repeat(A, p)[:, None], (heads * p, n)),
+        B,
+        C,
+        None if D is None else D.reshape(heads * p),
+        None if z is None else z.reshape(b, heads * p),
+        dt_bias=None if dt_bias is None else jnp.repeat(dt_bias, p),
+        dt_softplus=dt_softplus,
+    )
+    return y.reshape(x.shape), h.reshape(b, heads, p, n)
+
+
+def ssd_state_update(
+    h, x, dt, A, B, C, D=None, z=None, *, dt_bias=None, dt_softplus=False, impl="auto"
+):
+    """One step of SSD (one Mamba-2 decode step).
+
+    Args:
+      h: (b, h, p, n) state.   x, z: (b, h, p).   dt: (b, h).   A: (h,).   B, C: (b, g, n).
+      D: optional (h,) or (h, p).   dt_bias: optional (h,).   dt_softplus, impl: as in ``ssd``.
+
+    Returns:
+      y: (b, h, p) in x.dtype and the new (b, h, p, n) state in the compute dtype, equal to
+      ``ssd`` on a length-1 sequence with ``h0=h``.
+    """
+    seq = [None if a is None else a[:, None] for a in (x, dt, B, C, z)]
+    _check_shapes(seq[0], seq[1], A, seq[2], seq[3], D, seq[4], dt_bias, h, None)
+    return SSD_STATE_UPDATE(impl, h, x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=dt_softplus)

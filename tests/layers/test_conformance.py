@@ -1,5 +1,5 @@
-"""The layer contract (ssm/layers/base.py), checked for every registered layer and every
-implementation of the op it dispatches to.
+"""The layer contract (ssm/layers/base.py), checked for every registered layer; parallel ==
+step and padding also for every implementation of the op the layer dispatches to.
 
 A new layer is covered by adding its configurations to ``CONFIGS``; a registered layer without
 one fails ``test_every_registered_layer_has_conformance_configs``.
@@ -26,6 +26,29 @@ CONFIGS = {
         "mamba": dict(d_state=4, dt_min=0.01, dt_max=0.5),
         "mamba-bidirectional": dict(d_state=4, bidirectional=True, dt_min=0.01, dt_max=0.5),
     },
+    "mamba2": {
+        "mamba2": dict(d_state=4, headdim=4, dt_min=0.01, dt_max=0.5),
+        "mamba2-groups": dict(d_state=4, headdim=4, ngroups=2, chunk_size=5, dt_min=0.01),
+    },
+    "lru": {
+        "lru": dict(d_state=6, r_min=0.5, r_max=0.95),
+        "lru-bidirectional": dict(d_state=6, r_min=0.5, r_max=0.95, bidirectional=True),
+    },
+    "rglru": {
+        "rglru": dict(),
+        "rglru-heads": dict(lru_width=12, num_heads=3, conv_width=2),
+    },
+    "sgconv": {
+        "sgconv": dict(kernel_dim=4, l_max=12, channels=2),
+        "sgconv-bidirectional": dict(kernel_dim=4, l_max=12, bidirectional=True),
+    },
+    "s5": {
+        "s5": dict(d_state=8, blocks=2, dt_min=0.05),
+        "s5-ptd-bilinear": dict(
+            d_state=8, blocks=2, init="ptd", conj_sym=False, disc="bilinear", dt_min=0.05
+        ),
+        "s5-bidirectional": dict(d_state=8, blocks=2, bidirectional=True, dt_min=0.05),
+    },
 }
 D_MODEL, LENGTH, BATCH = 8, 12, 2
 # |actual - expected| <= tol * max |expected|, per compute dtype.
@@ -33,22 +56,35 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 6e-2}
 
 
 def impls_of(name):
-    """The registered names of the op behind the layer's ``impl`` option ([None] if none)."""
+    """The registered names of the op behind the layer's ``impl`` option ([None] if none);
+    "auto" is left out: it is the layer's default, covered by ``CASES``."""
     hints = typing.get_type_hints(LAYERS.get(name).__init__, include_extras=True)
     if "impl" not in hints:
         return [None]
     (op,) = typing.get_args(hints["impl"])[1:]
-    return op.names()
+    return op.names()[1:]
 
 
+# Every config with the layer's default impl: the properties that do not depend on the impl.
 CASES = [
+    pytest.param(name, options, None, id=config)
+    for name, configs in CONFIGS.items()
+    for config, options in configs.items()
+]
+# Every config with every registered impl of its op: the properties an impl could break
+# (parallel == step, padding). The op's own tests prove impls equal in outputs and gradients.
+IMPL_CASES = [
     pytest.param(name, options, impl, id=f"{config}-{impl}")
     for name, configs in CONFIGS.items()
     for config, options in configs.items()
     for impl in impls_of(name)
 ]
 # Configs with a recurrent state; the others are checked to refuse one in the parallel test.
-RECURRENT_CASES = [case for case in CASES if not case.values[1].get("bidirectional")]
+RECURRENT_CASES = [
+    case
+    for case in CASES
+    if LAYERS.get(case.values[0])(D_MODEL, **case.values[1], rngs=nnx.Rngs(0)).recurrent
+]
 
 
 def make_layer(name, options, impl, **kwargs):
@@ -88,7 +124,7 @@ def test_every_registered_layer_has_conformance_configs():
     assert sorted(CONFIGS) == LAYERS.names()
 
 
-@pytest.mark.parametrize("name, options, impl", CASES)
+@pytest.mark.parametrize("name, options, impl", IMPL_CASES)
 def test_layer_parallel_equals_step_by_step(name, options, impl):
     layer = make_layer(name, options, impl)
     x = inputs()
@@ -127,7 +163,7 @@ def test_layer_split_and_continue_equals_whole(name, options, impl):
     assert_close(forward(layer, x, state=layer.initial_state(BATCH)), y_whole, what="zero state")
 
 
-@pytest.mark.parametrize("name, options, impl", CASES)
+@pytest.mark.parametrize("name, options, impl", IMPL_CASES)
 def test_layer_padded_positions_change_nothing(name, options, impl):
     layer = make_layer(name, options, impl)
     x = inputs()

@@ -246,3 +246,18 @@ def test_lm_prefills_the_prompt_in_one_parallel_call_then_decodes_with_step(any_
 def test_lm_rejects_bad_arguments(lm, call, message):
     with pytest.raises(ValueError, match=message):
         call(lm)
+
+
+def test_lm_mamba2_greedy_generate_with_cache_equals_recomputing_the_full_sequence():
+    options = {**OPTIONS, "layer": "mamba2", "layer_options": dict(d_state=4, headdim=8)}
+    lm = LanguageModel(**options, rngs=nnx.Rngs(0))
+    lm.embedding.embedding[...] = lm.embedding.embedding[...] * 50  # as make_lm: no rounding ties
+    prompt, new = tokens(length=3), 6
+    generated = lm.generate(prompt, new, temperature=0)
+    assert generated.shape == (2, 3 + new)
+    sequence = jnp.zeros((2, 3 + new), jnp.int32).at[:, :3].set(prompt)
+    for t in range(3, 3 + new):
+        next_token = jnp.argmax(forward(lm, sequence)[:, t - 1], axis=-1)
+        sequence = sequence.at[:, t].set(next_token)
+    np.testing.assert_array_equal(generated, sequence)
+    assert len(np.unique(np.asarray(generated[:, 3:]))) > 1  # not a constant continuation

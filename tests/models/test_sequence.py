@@ -120,3 +120,26 @@ def test_gelu_is_exact_and_gelu_tanh_is_the_approximation():
     np.testing.assert_allclose(ACTIVATIONS["gelu"](xs), exact, atol=1e-6)
     np.testing.assert_allclose(ACTIVATIONS["gelu_tanh"](xs), approx, atol=1e-6)
     assert float(jnp.max(jnp.abs(ACTIVATIONS["gelu"](xs) - ACTIVATIONS["gelu_tanh"](xs)))) > 1e-4
+
+
+@pytest.mark.parametrize("output", ["glu", "half_glu1", "half_glu2"])
+def test_glu_outputs_are_s5s_full_and_half_glus(output):
+    m = model(output=output, n_layers=1)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 3))
+    h = m.encoder(x)
+    block = m.blocks[0]
+    z = block.layer(block.norm(h))
+    a = 0.5 * z * (1 + jax.scipy.special.erf(z / np.sqrt(2)))  # exact gelu
+    W, bias = block.out.kernel[...], block.out.bias[...]
+    if output == "glu":  # S5's full_glu: out1(a) * sigmoid(out2(a))
+        update = (a @ W[:, :8] + bias[:8]) * jax.nn.sigmoid(a @ W[:, 8:] + bias[8:])
+    else:
+        update = (a if output == "half_glu1" else z) * jax.nn.sigmoid(a @ W + bias)
+    pooled = jnp.mean(m.final_norm(h + update), axis=1)
+    np.testing.assert_allclose(m(x), m.head(pooled), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("output", ["half_glu1", "half_glu2"])
+def test_half_glu_refuses_a_layer_with_a_different_output_size(output):
+    with pytest.raises(ValueError, match=f"output='{output}' needs a layer whose output size"):
+        model(output=output, layer_options={"d_state": 4, "channels": 2})

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssm.ops.dispatch import DispatchError, Unsupported, strict
-from ssm.ops.ssd import SSD, segment_sum, ssd
+from ssm.ops.ssd import SSD, segment_sum, ssd, ssd_state_update
 
 # |actual - expected| <= tol * (|expected| + max |expected|), per input dtype.
 TOLERANCE = {
@@ -228,3 +228,55 @@ def test_ssd_bad_shape_raises_one_line_error(name, value, message):
     with pytest.raises(ValueError, match=message) as err:
         call(ssd, inputs)
     assert "\n" not in str(err.value)
+
+
+def test_ssd_state_update_steps_equal_the_scan():
+    inputs = make_inputs(6, length=7)
+    inputs.pop("segment_ids")
+    y_scan, h_scan = call(ssd, inputs, impl="reference")
+    step = jax.jit(functools.partial(ssd_state_update, dt_softplus=True))
+    h, ys = inputs["h0"], []
+    for t in range(7):
+        y_t, h = step(
+            h,
+            *(inputs[k][:, t] for k in ("x", "dt")),
+            inputs["A"],
+            *(inputs[k][:, t] for k in ("B", "C")),
+            inputs["D"],
+            inputs["z"][:, t],
+            dt_bias=inputs["dt_bias"],
+        )
+        ys.append(y_t)
+    assert y_t.dtype == jnp.float32 and h.dtype == jnp.float32
+    assert_close(jnp.stack(ys, axis=1), y_scan, 1e-5, "y")
+    assert_close(h, h_scan, 1e-5, "state")
+
+
+@pytest.mark.parametrize("groups, per_head_D", [(1, True), (2, False)])
+def test_ssd_state_update_one_step_equals_numpy(groups, per_head_D):
+    rng = np.random.default_rng(7)
+    b, heads, p, n = 2, 4, 3, 5
+    h0, x, z = (rng.standard_normal(s) for s in [(b, heads, p, n), (b, heads, p), (b, heads, p)])
+    dt, B, C = (rng.standard_normal(s) for s in [(b, heads), (b, groups, n), (b, groups, n)])
+    A, dt_bias = -np.exp(rng.standard_normal(heads)), rng.standard_normal(heads)
+    D = rng.standard_normal(heads if per_head_D else (heads, p))
+    args = [jnp.asarray(a, jnp.float32) for a in (h0, x, dt, A, B, C, D, z)]
+    y, h = ssd_state_update(*args, dt_bias=jnp.asarray(dt_bias, jnp.float32), dt_softplus=True)
+    delta = np.log1p(np.exp(dt + dt_bias))  # (b, h)
+    Bh, Ch = (np.repeat(a, heads // groups, axis=1) for a in (B, C))  # (b, h, n)
+    h_np = np.exp(delta * A)[..., None, None] * h0 + np.einsum("bh,bhp,bhn->bhpn", delta, x, Bh)
+    skip = D[:, None] if per_head_D else D
+    y_np = (np.einsum("bhpn,bhn->bhp", h_np, Ch) + skip * x) * z / (1 + np.exp(-z))
+    assert y.shape == (b, heads, p) and h.shape == (b, heads, p, n)
+    assert_close(y, y_np, 1e-5, "y")
+    assert_close(h, h_np, 1e-5, "state")
+
+
+def test_ssd_state_update_bad_shape_raises_one_line_error():
+    h, x = jnp.zeros((2, 4, 3, 5)), jnp.zeros((2, 4, 3))
+    B = jnp.zeros((2, 1, 5))
+    with pytest.raises(ValueError, match=r"dt must have shape") as err:
+        ssd_state_update(h, x, jnp.zeros((2, 3)), -jnp.ones(4), B, B)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 4, 3, 5\)"):
+        ssd_state_update(h[..., :4], x, jnp.zeros((2, 4)), -jnp.ones(4), B, B)
