@@ -19,7 +19,7 @@ from flax import nnx
 from ssm.init import inverse_softplus, log_uniform, torch_linear_init
 from ssm.layers.base import SequenceLayer, canonical_dtype, valid_lengths
 from ssm.layers.registry import register_layer
-from ssm.ops.conv import depthwise_conv
+from ssm.ops.conv import depthwise_conv, depthwise_conv_window
 from ssm.ops.selective_scan import SELECTIVE_SCAN, selective_scan, selective_state_update
 from ssm.params import SSMParam
 
@@ -117,19 +117,12 @@ class SelectiveSSM(nnx.Module):
             impl=self.impl,
             **dict(self.impl_options),
         )
-        return y, MambaCache(conv=self._last_inputs(x_in, history, mask), ssm=h)
-
-    def _last_inputs(self, x, history, mask):
-        """The conv window after the last valid position: (b, k - 1, e)."""
-        width = self.conv_weight.shape[0]
-        if history is None:
-            history = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
-        inputs = jnp.concatenate([history, x], axis=1)  # (b, k - 1 + l, e)
-        lengths = valid_lengths(mask)
-        if lengths is None:
-            return inputs[:, inputs.shape[1] - (width - 1) :]
-        index = lengths[:, None] + jnp.arange(width - 1)[None, :]  # (b, k - 1)
-        return jnp.take_along_axis(inputs, index[..., None], axis=1)
+        return y, MambaCache(
+            conv=depthwise_conv_window(
+                x_in, self.conv_weight.shape[0], history=history, lengths=valid_lengths(mask)
+            ),
+            ssm=h,
+        )
 
     def initial_state(self, batch_size: int, dtype) -> MambaCache:
         """Zero conv window (b, k - 1, e) and SSM state (b, e, n) float32."""

@@ -19,7 +19,7 @@ from flax import nnx
 from ssm.init import inverse_softplus, log_uniform, torch_linear_init
 from ssm.layers.base import SequenceLayer, canonical_dtype, valid_lengths
 from ssm.layers.registry import register_layer
-from ssm.ops.conv import depthwise_conv
+from ssm.ops.conv import depthwise_conv, depthwise_conv_window
 from ssm.ops.ssd import SSD, ssd, ssd_state_update
 from ssm.params import SSMParam
 
@@ -217,7 +217,10 @@ class Mamba2(SequenceLayer):
         if not return_state:
             return y
         return y, Mamba2Cache(
-            conv=_last_inputs(xBC, history, mask, self.conv_weight.shape[0]), ssm=h
+            conv=depthwise_conv_window(
+                xBC, self.conv_weight.shape[0], history=history, lengths=valid_lengths(mask)
+            ),
+            ssm=h,
         )
 
     def initial_state(self, batch_size: int) -> Mamba2Cache:
@@ -238,16 +241,3 @@ class Mamba2(SequenceLayer):
         y, h = ssd_state_update(state.ssm, u, delta, self.A(), B, C, self.D[...])
         y = self.out_proj(self._gated_norm(y.reshape(x_t.shape[0], self.d_inner), z, dtype))
         return y, Mamba2Cache(conv=window[:, 1:], ssm=h)
-
-
-def _last_inputs(x, history, mask, width):
-    """The conv window after the last valid position: (b, k - 1, c) of x (b, l, c) preceded by
-    ``history`` (b, k - 1, c) (zeros if None)."""
-    if history is None:
-        history = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
-    inputs = jnp.concatenate([history, x], axis=1)  # (b, k - 1 + l, c)
-    lengths = valid_lengths(mask)
-    if lengths is None:
-        return inputs[:, inputs.shape[1] - (width - 1) :]
-    index = lengths[:, None] + jnp.arange(width - 1)[None, :]  # (b, k - 1)
-    return jnp.take_along_axis(inputs, index[..., None], axis=1)

@@ -25,7 +25,7 @@ from flax import nnx
 from ssm.init import rglru_a_param
 from ssm.layers.base import SequenceLayer, canonical_dtype, valid_lengths
 from ssm.layers.registry import register_layer
-from ssm.ops.conv import depthwise_conv
+from ssm.ops.conv import depthwise_conv, depthwise_conv_window
 from ssm.ops.linear_scan import LINEAR_SCAN, linear_scan
 from ssm.params import SSMParam
 
@@ -224,19 +224,12 @@ class RGLRU(SequenceLayer):
             out = jnp.where(mask[..., None], out, 0)
         if not return_state:
             return out
-        return out, RGLRUCache(conv=self._last_inputs(u, history, mask), rnn=h_last)
-
-    def _last_inputs(self, u, history, mask):
-        """The conv window after the last valid position: (b, k - 1, e)."""
-        width = self.conv_weight.shape[0]
-        if history is None:
-            history = jnp.zeros((u.shape[0], width - 1, u.shape[2]), u.dtype)
-        inputs = jnp.concatenate([history, u], axis=1)  # (b, k - 1 + l, e)
-        lengths = valid_lengths(mask)
-        if lengths is None:
-            return inputs[:, inputs.shape[1] - (width - 1) :]
-        index = lengths[:, None] + jnp.arange(width - 1)[None, :]  # (b, k - 1)
-        return jnp.take_along_axis(inputs, index[..., None], axis=1)
+        return out, RGLRUCache(
+            conv=depthwise_conv_window(
+                u, self.conv_weight.shape[0], history=history, lengths=valid_lengths(mask)
+            ),
+            rnn=h_last,
+        )
 
     def initial_state(self, batch_size: int) -> RGLRUCache:
         """Zero cache: conv window (b, k - 1, e) in the compute dtype, RG-LRU state (b, e) f32."""

@@ -63,6 +63,25 @@ def long_conv(u, k, k_reverse=None, *, impl="auto"):
     return LONG_CONV(impl, u.astype(dtype), fit(k), k_reverse)
 
 
+def depthwise_conv_window(x, width, *, history=None, lengths=None):
+    """The ``history`` that continues ``depthwise_conv`` after each row's last valid input.
+
+    Args:
+      x: (b, l, e).   width: the conv width k.   history: optional (b, k - 1, e) inputs before
+      x[0] (zeros if None).   lengths: optional (b,) valid lengths (right padding); None: all l.
+
+    Returns:
+      (b, k - 1, e): the last k - 1 valid inputs of history ‖ x.
+    """
+    if history is None:
+        history = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
+    inputs = jnp.concatenate([history.astype(x.dtype), x], axis=1)  # (b, k - 1 + l, e)
+    if lengths is None:
+        return inputs[:, inputs.shape[1] - (width - 1) :]
+    index = lengths[:, None] + jnp.arange(width - 1)[None, :]  # (b, k - 1)
+    return jnp.take_along_axis(inputs, index[..., None], axis=1)
+
+
 def depthwise_conv(x, weight, bias, *, history=None, reverse: bool = False):
     """Causal depthwise conv: y[t] = bias + sum_j weight[j] x[t - (k - 1) + j].
 
