@@ -6,8 +6,9 @@ from ssm.train.config import (
     SchedulerConfig,
     TrainerConfig,
     experiment_config,
+    run_config,
 )
-from ssm.train.loop import Trainer, TrainingDiverged, train
+from ssm.train.loop import Trainer, TrainingDiverged, evaluate_run, train
 from ssm.train.optim import make_optimizer, param_labels
 
 __all__ = [
@@ -17,8 +18,10 @@ __all__ = [
     "Trainer",
     "TrainerConfig",
     "TrainingDiverged",
+    "evaluate_run",
     "experiment_config",
     "make_optimizer",
     "param_labels",
+    "run_config",
     "train",
 ]

@@ -1,8 +1,10 @@
 """Typed frozen configs of a training run. ``experiment_config`` builds them from a plain dict."""
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from ssm.config import ConfigError, from_mapping
@@ -99,3 +101,19 @@ def experiment_config(raw: Mapping[str, Any]) -> ExperimentConfig:
         name=str(raw.get("name", "run")),
         **groups,
     )
+
+
+def run_config(output_dir, **dataset_overrides) -> ExperimentConfig:
+    """The ExperimentConfig saved in ``output_dir/config.json`` with some dataset options changed.
+
+    Raises ConfigError if the folder holds no run or an override names an unknown dataset option.
+    """
+    path = Path(output_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"run={output_dir} holds no config.json (not a training run)")
+    saved = json.loads(path.read_text())
+    raw = {group: saved[group] for group in GROUPS}
+    raw["name"] = saved["name"]
+    raw["layer"] = {"name": saved["layer_name"], **saved["layer"]}
+    raw["dataset"] = {"name": saved["dataset_name"], **saved["dataset"], **dataset_overrides}
+    return experiment_config(raw)

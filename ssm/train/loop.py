@@ -12,11 +12,11 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from ssm.config import options_of
+from ssm.config import ConfigError, options_of
 from ssm.data import Loader, get_dataset
 from ssm.models import SequenceModel
 from ssm.train.checkpoint import Checkpoints
-from ssm.train.config import ExperimentConfig
+from ssm.train.config import ExperimentConfig, run_config
 from ssm.train.metrics import MetricsWriter
 from ssm.train.optim import make_optimizer, param_labels
 
@@ -252,3 +252,27 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
         bar.close()
         metrics.close()
         checkpoints.close()
+
+
+def evaluate_run(output_dir, split: str = "test", checkpoint: str = "best", **dataset_overrides):
+    """Loss and accuracy on ``split`` of a trained run's ``best`` or ``latest`` checkpoint.
+
+    ``dataset_overrides`` change the saved dataset options, e.g. ``eval_seq_len=4096`` to test
+    length generalization. Returns the checkpoint's step and ``{split}/loss``, ``{split}/accuracy``.
+    """
+    if checkpoint not in ("best", "latest"):
+        raise ConfigError(f"checkpoint={checkpoint!r} is not valid; valid: 'best', 'latest'")
+    trainer = Trainer(run_config(output_dir, **dataset_overrides))
+    splits = trainer.dataset.spec.splits
+    if split not in splits:
+        raise ConfigError(f"split={split!r} is not valid; valid: {', '.join(splits)}")
+    checkpoints = Checkpoints(Path(output_dir) / "checkpoints")
+    try:
+        restore = checkpoints.restore_best if checkpoint == "best" else checkpoints.restore_latest
+        restored = restore(trainer.initial_state)
+    finally:
+        checkpoints.close()
+    if restored is None:
+        raise ConfigError(f"run={output_dir} has no {checkpoint} checkpoint")
+    step, state = restored
+    return {"step": step, **trainer.evaluate(state, split)}
