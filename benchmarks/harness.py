@@ -36,7 +36,7 @@ class Benchmark:
       shapes: preset name -> list of shape dicts (the keyword arguments of ``make_inputs``).
       shape_keys: the keys of a shape dict that name it in the table, e.g. ("b", "l", "d", "n").
       make_inputs: ``make_inputs(**shape, dtype=...)`` -> list of input arrays.
-      forward: ``forward(impl)`` -> a function of the inputs returning one array.
+      forward: ``forward(impl, **shape)`` -> a function of the inputs returning one array.
       output_bytes: bytes of the output the op writes, from the inputs.
     """
 
@@ -48,9 +48,9 @@ class Benchmark:
     forward: Callable
     output_bytes: Callable
 
-    def programs(self, impl):
-        """Forward and forward+backward (gradients wrt every floating input)."""
-        forward = self.forward(impl)
+    def programs(self, impl, shape):
+        """Forward and forward+backward (gradients wrt every floating input) at ``shape``."""
+        forward = self.forward(impl, **shape)
 
         def loss(*inputs):
             y = forward(*inputs)
@@ -90,7 +90,7 @@ def run(bench, shapes, impls, dtype, repeats):
         moved = sum(a.nbytes for a in inputs) + bench.output_bytes(inputs)
         for impl in impls:
             row = dict(impl=impl, **shape, dtype=dtype, bytes_moved=moved)
-            for name, fn in zip(("fwd", "fwd_bwd"), bench.programs(impl), strict=True):
+            for name, fn in zip(("fwd", "fwd_bwd"), bench.programs(impl, shape), strict=True):
                 try:
                     ms, peak, temp = measure(fn, inputs, repeats)
                 except Exception as err:  # e.g. out of memory: record it, keep going

@@ -48,7 +48,7 @@ BENCHMARK = harness.Benchmark(
     shapes=SHAPES,
     shape_keys=("b", "l", "d", "kind", "a"),
     make_inputs=make_inputs,
-    forward=lambda impl: lambda a, b: linear_scan(a, b, impl=impl),
+    forward=lambda impl, **shape: lambda a, b: linear_scan(a, b, impl=impl),
     output_bytes=lambda inputs: inputs[1].nbytes,  # h
 )
 

@@ -37,7 +37,7 @@ def make_inputs(b, l, d, n, dtype):  # noqa: E741 - l is the length in the shape
     return [jnp.asarray(a, dtype) for a in inputs]
 
 
-def forward(impl):
+def forward(impl, **shape):
     def scan(x, dt, A, B, C, D, z, dt_bias):
         return selective_scan(x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=True, impl=impl)
 

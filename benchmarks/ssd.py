@@ -43,7 +43,7 @@ def make_inputs(b, l, h, p, g, n, dtype):  # noqa: E741 - l is the length in the
     return [jnp.asarray(a, dtype) for a in inputs]
 
 
-def forward(impl):
+def forward(impl, **shape):
     options = {"chunk_size": CHUNK_SIZE} if impl == "chunked" else {}
 
     def scan(x, dt, A, B, C, D, z, dt_bias):

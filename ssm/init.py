@@ -7,31 +7,46 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm.hippo import legs_diagonal
+from ssm.hippo import nplr
 
 S4DInit = Literal["legs", "lin", "inv", "real"]
 S4D_INITS = ("legs", "lin", "inv", "real")
 
 
-def s4d_diagonal(init: S4DInit, d_state: int) -> np.ndarray:
-    """Initial diagonal A of S4D, one of each conjugate pair.
+def s4d_init(init: S4DInit, d_state: int):
+    """Initial diagonal (A, B) of S4D, one of each conjugate pair.
 
-    legs: eigenvalues of the normal part of HiPPO-LegS;  lin: -1/2 + iπk;
-    inv: -1/2 + i n/π (n/(2k+1) - 1);  real: -(k+1).
+    A: legs: Λ of ``nplr("legs", d_state)``, the eigenvalues of the normal part of HiPPO-LegS;
+    lin: -1/2 + iπk;  inv: -1/2 + i n/π (n/(2k+1) - 1);  real: -(k+1).
+    B: legs: the S4 code's S4D-LegS B, Vᴴ B of HiPPO-LegS in that eigenbasis with Im B clipped
+    to [-2, 2] (|B| in about [0.5, 2.0]); the S4D paper's theory halves it for the kernel to
+    approach S4-LegS's, the S4 code drops the 1/2 (a scale that C absorbs);  lin, inv, real: 1.
+
+    Returns:
+      A: (d_state // 2,) complex128, B: (d_state // 2,) complex128.
+    """
+    k = np.arange(d_state // 2)
+    if init == "legs":
+        A, _, B, _ = nplr("legs", d_state, b_clip=2.0)
+        return A, B
+    if init == "lin":
+        A = -0.5 + 1j * np.pi * k
+    elif init == "inv":
+        A = -0.5 + 1j * d_state / np.pi * (d_state / (2 * k + 1) - 1)
+    elif init == "real":
+        A = -(k + 1.0) + 0j
+    else:
+        raise ValueError(f"unknown S4D init {init!r}; valid: {', '.join(S4D_INITS)}")
+    return A, np.ones(d_state // 2, np.complex128)
+
+
+def s4d_diagonal(init: S4DInit, d_state: int) -> np.ndarray:
+    """Initial diagonal A of S4D (``s4d_init``'s A), one of each conjugate pair.
 
     Returns:
       (d_state // 2,) complex128.
     """
-    k = np.arange(d_state // 2)
-    if init == "legs":
-        return legs_diagonal(d_state)
-    if init == "lin":
-        return -0.5 + 1j * np.pi * k
-    if init == "inv":
-        return -0.5 + 1j * d_state / np.pi * (d_state / (2 * k + 1) - 1)
-    if init == "real":
-        return -(k + 1.0) + 0j
-    raise ValueError(f"unknown S4D init {init!r}; valid: {', '.join(S4D_INITS)}")
+    return s4d_init(init, d_state)[0]
 
 
 def log_uniform(key, shape, low: float, high: float):

@@ -160,3 +160,41 @@ def linear_scan(a, b, *, h0=None, reverse=False, segment_ids=None):
     a = a.astype(dtype)
     h, hs = jax.lax.scan(step, h0.astype(dtype), time_major, reverse=reverse)
     return jnp.swapaxes(hs, 0, 1), h
+
+
+def cauchy(v, z, w, conjugate=False):
+    """Cauchy matrix-vector product, the (..., k, n) matrix materialized.
+
+    r[..., k] = sum_n v[..., n] / (z[..., k] - w[..., n]), plus the same for (conj v, conj w) when
+    ``conjugate`` (the conjugate half of a conjugate-symmetric sum). v, z, w broadcast over ``...``.
+    """
+    terms = v[..., None, :] / (z[..., :, None] - w[..., None, :])
+    if conjugate:
+        terms = terms + jnp.conj(v)[..., None, :] / (z[..., :, None] - jnp.conj(w)[..., None, :])
+    return jnp.sum(terms, axis=-1)
+
+
+def dplr_kernel(Lambda, P, B, C, log_dt, length):
+    """K[c, h, l] = C Ā^l B̄ of the DPLR SSM A = Λ − P Pᴴ built densely, one power per step.
+
+    Λ (h, n2), P (r, h, n2), B (h, n2), C (c, h, n2) complex stored halves of the conjugate-
+    symmetric full basis; bilinear Ā = (I − Δ/2 A)⁻¹ (I + Δ/2 A), B̄ = (I − Δ/2 A)⁻¹ Δ B.
+    """
+    dtype = complex_dtype(Lambda.dtype, P.dtype, B.dtype, C.dtype, log_dt.dtype)
+
+    def both(x):
+        x = x.astype(dtype)
+        return jnp.concatenate([x, jnp.conj(x)], axis=-1)
+
+    Lf, Pf, Bf, Cf = both(Lambda), both(P), both(B), both(C)
+    A = jax.vmap(jnp.diag)(Lf) - jnp.einsum("rhn,rhm->hnm", Pf, jnp.conj(Pf), precision=HIGHEST)
+    dt = jnp.exp(log_dt.astype(Lf.real.dtype))[:, None, None]
+    eye = jnp.eye(Lf.shape[-1], dtype=dtype)
+    dA = jnp.linalg.solve(eye - dt / 2 * A, eye + dt / 2 * A)  # (h, N, N)
+    dB = jnp.linalg.solve(eye - dt / 2 * A, (dt[..., 0] * Bf)[..., None])[..., 0]  # (h, N)
+
+    def power(x, _):
+        return jnp.einsum("hnm,hm->hn", dA, x, precision=HIGHEST), x
+
+    _, states = jax.lax.scan(power, dB, None, length=length)  # (l, h, N)
+    return jnp.einsum("chn,lhn->chl", Cf, states, precision=HIGHEST).real

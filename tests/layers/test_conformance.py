@@ -16,11 +16,17 @@ from flax import nnx
 from ssm.layers import LAYERS, NoRecurrentState
 from ssm.params import SSMParam
 
-# layer name -> {config id: options}; bidirectional configs have no recurrent state.
+# layer name -> {config id: options}; bidirectional, sgconv and dss-softmax configs have no
+# recurrent state.
 CONFIGS = {
     "s4d": {
         "s4d": dict(d_state=8, channels=2, dt_min=0.05),
         "s4d-bidirectional": dict(d_state=8, channels=2, bidirectional=True, dt_min=0.05),
+    },
+    "dss": {
+        "dss-exp": dict(d_state=8, channels=2, dt_min=0.05),
+        "dss-softmax": dict(d_state=8, channels=2, kernel="softmax", dt_min=0.05),
+        "dss-bidirectional": dict(d_state=8, channels=2, bidirectional=True, dt_min=0.05),
     },
     "mamba": {
         "mamba": dict(d_state=4, dt_min=0.01, dt_max=0.5),
@@ -48,6 +54,11 @@ CONFIGS = {
             d_state=8, blocks=2, init="ptd", conj_sym=False, disc="bilinear", dt_min=0.05
         ),
         "s5-bidirectional": dict(d_state=8, blocks=2, bidirectional=True, dt_min=0.05),
+    },
+    "s4": {
+        "s4": dict(d_state=8, channels=2, dt_min=0.05),
+        "s4-legt-rank2": dict(d_state=8, init="legt", real="none", dt_min=0.05),
+        "s4-bidirectional": dict(d_state=8, bidirectional=True, dt_min=0.05),
     },
 }
 D_MODEL, LENGTH, BATCH = 8, 12, 2
