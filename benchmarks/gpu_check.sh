@@ -2,7 +2,7 @@
 # One GPU session: compiled equivalence tests of ops/layers/models, then the selective-scan
 # benchmark at the reference shape (b=4, l=8192, d=1536, n=16) and the linear-scan benchmark at
 # b=8, l=16384, d=512 (and d=256, S5-like) and SSD at b=4, l=8192, h=24, p=64, n 64/128, chunk
-# 256, in fp32 and bf16.
+# 256, in fp32 and bf16; then the S4 vs S4D kernel benchmark at h=256, n 64/256, l 1024/16384.
 # Needs only jax/flax/optax/orbax/hypothesis/pytest/matplotlib (no hydra, grain or tfds).
 # Usage: OUT=<dir> bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -20,3 +20,5 @@ for dtype in float32 bfloat16; do
   python3 -m benchmarks.ssd --shapes reference --impls reference chunked --dtype "$dtype" \
     --out "$OUT/$dtype" 2>&1 | tee "$OUT/bench_ssd_$dtype.log"
 done
+python3 -m benchmarks.kernels --shapes reference --out "$OUT/float32" \
+  2>&1 | tee "$OUT/bench_kernels.log"

@@ -101,3 +101,17 @@ def last_valid_state(states, last, mask, state=None):
     at_last = jnp.take_along_axis(states, index, axis=1)[:, 0]
     before = jnp.zeros_like(at_last) if state is None else state.astype(at_last.dtype)
     return jnp.where((lengths > 0)[:, None], at_last, before)
+
+
+def check_options(layer: str, *, d_state=None, dt_range=None, channels=None) -> None:
+    """One-line ValueErrors for the options SSM layers share (those given): an even ``d_state``
+    >= 2, ``dt_range = (dt_min, dt_max)`` with 0 < dt_min <= dt_max, ``channels`` >= 1."""
+    if d_state is not None and (d_state < 2 or d_state % 2):
+        raise ValueError(f"{layer} d_state must be an even integer >= 2, got {d_state}")
+    if dt_range is not None and not 0 < dt_range[0] <= dt_range[1]:
+        dt_min, dt_max = dt_range
+        raise ValueError(
+            f"{layer} needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
+        )
+    if channels is not None and channels < 1:
+        raise ValueError(f"{layer} channels must be >= 1, got {channels}")

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from ssm.init import S4DInit, s4d_diagonal
-from ssm.layers.base import canonical_dtype, valid_lengths
+from ssm.layers.base import canonical_dtype, check_options, valid_lengths
 from ssm.layers.registry import register_layer
 from ssm.layers.s4d import S4D
 from ssm.ops.conv import LONG_CONV, long_conv
@@ -107,14 +107,7 @@ class DSS(S4D):
         if kernel not in typing.get_args(DSSKernel):
             valid = ", ".join(typing.get_args(DSSKernel))
             raise ValueError(f"unknown DSS kernel {kernel!r}; valid: {valid}")
-        if d_state < 2 or d_state % 2:
-            raise ValueError(f"DSS d_state must be an even integer >= 2, got {d_state}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(
-                f"DSS needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
-            )
-        if channels < 1:
-            raise ValueError(f"DSS channels must be >= 1, got {channels}")
+        check_options("DSS", d_state=d_state, dt_range=(dt_min, dt_max), channels=channels)
         LONG_CONV.check(impl, "DSS impl")
         self.d_model, self.d_state, self.channels = d_model, d_state, channels
         self.kernel_kind, self.disc = kernel, "zoh"

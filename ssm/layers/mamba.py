@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ssm.init import inverse_softplus, log_uniform, torch_linear_init
-from ssm.layers.base import SequenceLayer, canonical_dtype, valid_lengths
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_options, valid_lengths
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import depthwise_conv, depthwise_conv_window
 from ssm.ops.selective_scan import SELECTIVE_SCAN, selective_scan, selective_state_update
@@ -187,10 +187,7 @@ class Mamba(SequenceLayer):
             raise ValueError(
                 f"Mamba dt_rank must be >= 1 or null (ceil(d_model / 16)), got {dt_rank}"
             )
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(
-                f"Mamba needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
-            )
+        check_options("Mamba", dt_range=(dt_min, dt_max))
         SELECTIVE_SCAN.check(impl, "Mamba impl")
         self.dtype, self.param_dtype = canonical_dtype(dtype), canonical_dtype(param_dtype)
         self.d_model, self.d_output = d_model, d_model

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssm.init import inverse_softplus, log_uniform, torch_linear_init
-from ssm.layers.base import SequenceLayer, canonical_dtype, valid_lengths
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_options, valid_lengths
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import depthwise_conv, depthwise_conv_window
 from ssm.ops.ssd import SSD, ssd, ssd_state_update
@@ -103,10 +103,7 @@ class Mamba2(SequenceLayer):
             raise ValueError(
                 f"Mamba2 needs A_init_range (low, high) with 0 < low <= high, got {A_init_range}"
             )
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(
-                f"Mamba2 needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
-            )
+        check_options("Mamba2", dt_range=(dt_min, dt_max))
         SSD.check(impl, "Mamba2 impl")
         if "chunk_size" in (impl_options or {}):
             raise ValueError("Mamba2: set layer.chunk_size, not impl_options.chunk_size")

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from ssm.hippo import nplr
-from ssm.layers.base import SequenceLayer, canonical_dtype
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_options
 from ssm.layers.registry import register_layer
 from ssm.ops.cauchy import CAUCHY
 from ssm.ops.conv import long_conv
@@ -70,14 +70,9 @@ class S4(SequenceLayer):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if d_state < 2 or d_state % 2:
-            raise ValueError(f"S4 d_state must be an even integer >= 2, got {d_state}")
+        check_options("S4", d_state=d_state, dt_range=(dt_min, dt_max), channels=channels)
         if rank < 1:
             raise ValueError(f"S4 rank must be >= 1, got {rank}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"S4 needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if channels < 1:
-            raise ValueError(f"S4 channels must be >= 1, got {channels}")
         if real not in ("exp", "none"):
             raise ValueError(f"S4 real={real!r} is not valid; valid: 'exp', 'none'")
         CAUCHY.check(impl, "S4 impl")

@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from ssm.init import S4DInit, s4d_diagonal
-from ssm.layers.base import SequenceLayer, canonical_dtype, valid_lengths
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_options, valid_lengths
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import LONG_CONV, long_conv
 from ssm.ops.kernels import diagonal_ssm_step, discretize_diagonal, vandermonde_kernel
@@ -46,14 +46,7 @@ class S4D(SequenceLayer):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if d_state < 2 or d_state % 2:
-            raise ValueError(f"S4D d_state must be an even integer >= 2, got {d_state}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(
-                f"S4D needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
-            )
-        if channels < 1:
-            raise ValueError(f"S4D channels must be >= 1, got {channels}")
+        check_options("S4D", d_state=d_state, dt_range=(dt_min, dt_max), channels=channels)
         self.d_model, self.d_state, self.channels = d_model, d_state, channels
         LONG_CONV.check(impl, "S4D impl")
         self.disc, self.bidirectional, self.impl = disc, bidirectional, impl

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from ssm.hippo import hippo_legs, legs_normal_eig, perturb_then_diagonalize
-from ssm.layers.base import SequenceLayer, canonical_dtype, last_valid_state
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_options, last_valid_state
 from ssm.layers.registry import register_layer
 from ssm.ops.kernels import DISCRETIZATIONS, Discretization, discretize_diagonal
 from ssm.ops.linear_scan import LINEAR_SCAN, linear_scan
@@ -164,8 +164,7 @@ class S5(SequenceLayer):
             )
         if init == "ptd" and not ptd_eps > 0:
             raise ValueError(f"S5 ptd_eps must be > 0, got {ptd_eps}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"S5 needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_options("S5", dt_range=(dt_min, dt_max))
 
     @property
     def recurrent(self) -> bool:

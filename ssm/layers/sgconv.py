@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm.layers.base import SequenceLayer, canonical_dtype
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_options
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import LONG_CONV, long_conv
 from ssm.params import SSMParam
@@ -124,8 +124,7 @@ class SGConv(SequenceLayer):
             raise ValueError(
                 f"SGConv needs 0 < decay_min <= decay_max, got {decay_min} and {decay_max}"
             )
-        if channels < 1:
-            raise ValueError(f"SGConv channels must be >= 1, got {channels}")
+        check_options("SGConv", channels=channels)
         LONG_CONV.check(impl, "SGConv impl")
         self.d_model, self.channels = d_model, channels
         self.decay_mode, self.interpolate = decay, interpolate
