@@ -90,8 +90,8 @@ def test_kernel_gradients_equal_the_dense_reference(impl):
 
     ours = lambda **p: dplr_kernel(**p, impl=impl, **OPTIONS.get(impl, {}))  # noqa: E731
     close(ours(**ssm, length=12), reference.dplr_kernel(**ssm, length=12), TOLERANCE["out"])
-    got = jax.grad(loss(ours))(ssm)
-    want = jax.grad(loss(reference.dplr_kernel))(ssm)
+    got = jax.jit(jax.grad(loss(ours)))(ssm)  # jitted: eager op-by-op grads are slow here
+    want = jax.jit(jax.grad(loss(reference.dplr_kernel)))(ssm)
     for name in ssm:
         close(got[name], want[name], TOLERANCE["grad"])
 
@@ -99,9 +99,10 @@ def test_kernel_gradients_equal_the_dense_reference(impl):
 def test_batched_B_gives_one_kernel_each():
     ssm = as_jax(make_ssm(3))
     Bs = jnp.stack([ssm["B"], 2.0 * ssm["B"], 1j * ssm["B"]])
-    kernels = dplr_kernel(**{**ssm, "B": Bs}, length=9)
+    kernel = jax.jit(dplr_kernel, static_argnames="length")
+    kernels = kernel(**{**ssm, "B": Bs}, length=9)
     for i, B in enumerate(Bs):
-        close(kernels[i], dplr_kernel(**{**ssm, "B": B}, length=9), 1e-6)
+        close(kernels[i], kernel(**{**ssm, "B": B}, length=9), 1e-6)
 
 
 def test_step_impulse_response_is_the_kernel():
