@@ -127,8 +127,9 @@ class S4(SequenceLayer):
         u = x.astype(jnp.float32)  # (b, l, h)
         Lambda, P, B, C, log_dt = self.parameters()
         Bs = B[None]
-        if state is not None:  # B' = (1/Δ + A/2) h0, so that B̄' = Ā h0
+        if state is not None or return_state:  # shared by the free response and the state out
             matrices = dplr_step_matrices(Lambda, P, B, log_dt)
+        if state is not None:  # B' = (1/Δ + A/2) h0, so that B̄' = Ā h0
             h0 = full(state.astype(Bs.dtype))
             B0 = h0 * matrices[3] / 2 + dplr_apply_A(matrices, h0) / 2
             Bs = jnp.concatenate([Bs, B0[..., : B.shape[-1]]], axis=0)
@@ -147,11 +148,10 @@ class S4(SequenceLayer):
         y = y.reshape(b, length, self.d_output).astype(self.compute_dtype(x))
         if not return_state:
             return y
-        return y, self._final_state(u, mask, Lambda, P, B, log_dt, state)
+        return y, self._final_state(u, mask, matrices, state)
 
-    def _final_state(self, u, mask, Lambda, P, B, log_dt, state):
-        """The state after the last valid position, (b, h, n2), by stepping through u."""
-        matrices = dplr_step_matrices(Lambda, P, B, log_dt)
+    def _final_state(self, u, mask, matrices, state):
+        """The state after the last valid position, (b, h, n2), by ``dplr_step`` through u."""
         if state is None:
             state = self.initial_state(u.shape[0])
         valid = jnp.ones(u.shape[:2], bool) if mask is None else mask

@@ -100,7 +100,7 @@ def dplr_kernel(Lambda, P, B, C, log_dt, length: int, *, impl="auto", **cauchy_o
     correction = jnp.einsum("crhk,...hkr->...chk", k01, solved, precision=HIGHEST)
     spectrum = 2.0 / (1.0 + omega) * (k00 - correction)
     # At z = -1 the limit of 2/(1+z) (g - A)⁻¹ is Δ/2 · I: K̂ = Δ/2 · C̃ B over the full basis.
-    limit = dt / 2 * 2.0 * jnp.sum(C * B[..., None, :, :], axis=-1).real[..., None]
+    limit = dt * jnp.sum(C * B[..., None, :, :], axis=-1).real[..., None]  # Δ/2 · 2 Re(Σ C̃B)
     spectrum = jnp.where(nyquist, limit, spectrum)
     return jnp.fft.irfft(spectrum, n=length, axis=-1)
 
