@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm.init import S4DInit, s4d_diagonal
+from ssm.init import S4DInit, s4d_init
 from ssm.layers.base import SequenceLayer, canonical_dtype, check_options, valid_lengths
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import LONG_CONV, long_conv
@@ -27,6 +27,7 @@ class S4D(SequenceLayer):
     Kernel math runs in float32/complex64 whatever ``dtype``; the output is cast to the compute
     dtype. Output features: ``channels * d_model`` (the backbone's output projection mixes them).
     ``impl`` picks the long-convolution implementation (a name registered in ``LONG_CONV``).
+    A and B start from ``ssm.init.s4d_init(init, d_state)`` (for legs, S4's derived B).
     The state is (b, h, n2) complex64; a bidirectional S4D has none.
     """
 
@@ -57,10 +58,10 @@ class S4D(SequenceLayer):
 
         u = jax.random.uniform(rngs.params(), (h,))
         self.log_dt = SSMParam(u * (np.log(dt_max) - np.log(dt_min)) + np.log(dt_min))
-        A = np.broadcast_to(s4d_diagonal(init, d_state), (h, n2))
+        A, B = (np.broadcast_to(v, (h, n2)) for v in s4d_init(init, d_state))
         self.log_A_real = SSMParam(jnp.asarray(np.log(-A.real), jnp.float32))
         self.A_imag = SSMParam(jnp.asarray(A.imag, jnp.float32))
-        self.B = SSMParam(jnp.stack([jnp.ones((h, n2)), jnp.zeros((h, n2))], -1))
+        self.B = SSMParam(jnp.asarray(np.stack([B.real, B.imag], -1), jnp.float32))
         self.C = SSMParam(jax.random.normal(rngs.params(), (copies, h, n2, 2)) * np.sqrt(0.5))
         self.D = nnx.Param(jax.random.normal(rngs.params(), (channels, h), self.param_dtype))
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ssm.init import s4d_init
 from ssm.layers import S4D
 from ssm.ops import reference
 
@@ -43,6 +44,17 @@ def test_s4d_log_dt_is_initialised_in_range():
     layer = S4D(256, d_state=4, dt_min=1e-3, dt_max=1e-1, rngs=nnx.Rngs(0))
     dt = np.exp(np.asarray(layer.log_dt[...]))
     assert dt.min() >= 1e-3 and dt.max() <= 1e-1 and dt.max() / dt.min() > 20
+
+
+@pytest.mark.parametrize("init", ["legs", "lin"])
+def test_s4d_starts_from_s4d_init_A_and_B_in_every_channel(init):
+    layer = S4D(3, d_state=16, init=init, rngs=nnx.Rngs(0))
+    A, B = s4d_init(init, 16)
+    A_layer = -np.exp(np.asarray(layer.log_A_real[...])) + 1j * np.asarray(layer.A_imag[...])
+    B_layer = np.asarray(layer.B[..., 0]) + 1j * np.asarray(layer.B[..., 1])
+    np.testing.assert_allclose(A_layer, np.broadcast_to(A, (3, 8)), rtol=1e-6)
+    np.testing.assert_allclose(B_layer, np.broadcast_to(B, (3, 8)), rtol=1e-6)
+    assert init != "legs" or np.ptp(np.abs(B_layer)) > 0.5  # LegS's B is not all ones
 
 
 @pytest.mark.parametrize(
