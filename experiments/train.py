@@ -43,13 +43,26 @@ def main(cfg: DictConfig) -> float:
             raise
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
-    print(
-        f"test accuracy: {results['test/accuracy']:.4f} "
-        f"(validation {results['validation/accuracy']:.4f}, best step {results['best_step']}) "
-        f"-> {config.trainer.output_dir}",
-        flush=True,
-    )
+    print(summary_line(results, config.trainer.output_dir), flush=True)
     return results["validation/accuracy"]
+
+
+def summary_line(results: dict, output_dir: str) -> str:
+    """The run's final line: test accuracy, or for a language model its bits per byte (or
+    token) beside the unigram baseline's."""
+    where = f"best step {results['best_step']}) -> {output_dir}"
+    bits = next((k[5:] for k in ("test/bpb", "test/bits_per_token") if k in results), None)
+    if bits is None:
+        return (
+            f"test accuracy: {results['test/accuracy']:.4f} "
+            f"(validation {results['validation/accuracy']:.4f}, {where}"
+        )
+    baseline = results.get(f"unigram/{bits}")
+    beside = "" if baseline is None else f", unigram baseline {baseline:.4f}"
+    return (
+        f"test {bits}: {results[f'test/{bits}']:.4f} (validation "
+        f"{results[f'validation/{bits}']:.4f}{beside}, {where}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def _with_mask(example: dict) -> dict[str, np.ndarray]:
     positions = np.arange(inputs.shape[axis])
     length = np.asarray(example.get("length", inputs.shape[axis]))
     mask = positions < length[..., None] if axis else positions < length
-    batch = {"inputs": inputs, "mask": mask, "label": np.asarray(example["label"], np.int32)}
+    batch = {"inputs": inputs, "mask": mask}
+    if "label" in example:  # language-model corpora have none: targets come from the inputs
+        batch["label"] = np.asarray(example["label"], np.int32)
     if "label_mask" in example:
         batch["label_mask"] = np.asarray(example["label_mask"], bool)
     return batch
@@ -56,7 +58,7 @@ def _collate(examples: Sequence[dict], length: int | None = None) -> dict[str, n
     if longest > length:
         raise ValueError(f"an example has {longest} valid positions, more than length {length}")
     timed = {"inputs", "mask", "label_mask"}
-    if examples[0]["label"].ndim:
+    if "label" in examples[0] and examples[0]["label"].ndim:
         timed.add("label")
     return {
         key: np.stack([_fit(e[key], length, axis) if key in timed else e[key] for e in examples])

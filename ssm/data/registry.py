@@ -73,6 +73,7 @@ class DatasetSpec:
         splits: the split names ``source`` accepts; by default train, validation and test.
         paired: inputs are pairs, (2, l) tokens or (2, l, d_input), for a two-tower model
             (e.g. LRA Retrieval); lengths and masks are then per member, (2,) and (2, l).
+        byte_level: tokens are bytes, so language-model bits per token are bits per byte.
     """
 
     name: str
@@ -82,6 +83,7 @@ class DatasetSpec:
     vocab_size: int | None = None
     splits: tuple[str, ...] = SPLITS
     paired: bool = False
+    byte_level: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

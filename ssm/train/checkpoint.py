@@ -13,17 +13,22 @@ class Checkpoints:
     during a save never corrupts an earlier checkpoint.
     """
 
-    def __init__(self, directory: str | Path, best_metric: str = "validation/accuracy"):
+    def __init__(
+        self,
+        directory: str | Path,
+        best_metric: str = "validation/accuracy",
+        best_mode: str = "max",
+    ):
         directory = Path(directory).absolute()
         self.directory = directory
-        self.best_metric = best_metric
+        self.best_metric, self.best_mode = best_metric, best_mode
         self.latest = ocp.CheckpointManager(
             directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=1)
         )
         self.best = ocp.CheckpointManager(
             directory / "best",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode="max"
+                max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode
             ),
         )
 
@@ -37,7 +42,9 @@ class Checkpoints:
         best_step = self.best.best_step()
         if best_step is not None:
             kept = self.best.metrics(best_step) or {}
-            if metrics[self.best_metric] <= kept.get(self.best_metric, float("-inf")):
+            sign = 1.0 if self.best_mode == "max" else -1.0
+            worst = float("-inf") if self.best_mode == "max" else float("inf")
+            if sign * metrics[self.best_metric] <= sign * kept.get(self.best_metric, worst):
                 return False
         self.best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
         self.best.wait_until_finished()

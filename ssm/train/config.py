@@ -11,6 +11,7 @@ from ssm.config import ConfigError, from_mapping
 from ssm.data.registry import DATASETS, dataset_options_class
 from ssm.layers.registry import LAYERS, layer_options_class
 from ssm.models.sequence import ModelOptions
+from ssm.train.objectives import Objective
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,16 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Loop length, batching, checkpointing and logging."""
+    """Objective, loop length, batching, evaluation, checkpointing and logging.
 
+    ``objective``: see ``ssm.train.objectives``; ``mask_rate``: masked_lm's masking probability.
+    ``eval_every``: steps between validations (None: once per epoch).
+    ``init_from``: a run folder whose backbone weights (everything but the head) start this run.
+    """
+
+    objective: Objective = "classify"
+    mask_rate: float = 0.15
+    init_from: str | None = None
     seed: int = 0
     batch_size: int = 64
     eval_batch_size: int | None = None
@@ -46,6 +55,7 @@ class TrainerConfig:
     output_dir: str = "outputs/run"
     resume: bool = False
     checkpoint_every: int | None = None
+    eval_every: int | None = None
     log_every: int = 20
     progress: bool = True
     tensorboard: bool = True

@@ -44,9 +44,9 @@ def test_dataset_overrides_change_what_is_scored(run_dir, monkeypatch):
     shapes = []
     original = Trainer._eval_step
 
-    def spy(self, params, rest, batch):
+    def spy(self, params, rest, batch, key):
         shapes.append(batch["inputs"].shape)
-        return original(self, params, rest, batch)
+        return original(self, params, rest, batch, key)
 
     monkeypatch.setattr(Trainer, "_eval_step", spy)
     longer = evaluate_run(run_dir, eval_seq_len=64)

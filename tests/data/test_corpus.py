@@ -1,0 +1,240 @@
+"""The byte-level text corpus (``bytes``): windows, the by-file split, caching by fingerprint."""
+
+import dataclasses
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssm.data import corpus as corpus_module
+from ssm.data import dataset_options_class, get_dataset
+from ssm.data.corpus import SEPARATOR, stdlib_corpus
+
+SPLITS = ("train", "validation", "test")
+N_FILES = 20
+
+# Builds a tiny corpus and reads every window in a fresh interpreter where tensorflow is blocked.
+NO_TENSORFLOW_BODY = """
+from ssm.data import get_dataset
+
+dataset = get_dataset("bytes", path=sys.argv[2], seq_len=16, data_dir=sys.argv[1])
+result["windows"] = {s: len(dataset.source(s)) for s in dataset.spec.splits}
+result["bytes"] = sum(
+    int(e["length"]) for s in dataset.spec.splits
+    for e in (dataset.source(s)[i] for i in range(len(dataset.source(s))))
+)
+"""
+
+
+def marker(i: int) -> bytes:
+    return f"<file{i:02d}>".encode()
+
+
+def contents(i: int) -> bytes:
+    """File i's bytes: a unique marker, then i-dependent text and non-ASCII bytes (0x00..0xff)."""
+    return marker(i) + b"text " * i + bytes([i, 255 - i, 0]) + "\u00e9".encode()
+
+
+def write_corpus(root: Path) -> dict[str, bytes]:
+    """N_FILES files in nested folders plus hidden ones that must be skipped; relpath -> bytes."""
+    files = {}
+    for i in range(N_FILES):
+        rel = f"{'abc'[i % 3]}/{i % 2}/doc{i:02d}.txt" if i % 4 else f"top{i:02d}"
+        files[rel] = contents(i)
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / ".hidden").write_bytes(b"<hidden-file>")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_bytes(b"<hidden-folder>")
+    return files
+
+
+def windows(source) -> list[dict]:
+    return [source[i] for i in range(len(source))]
+
+
+def members(stream: bytes) -> set[int]:
+    """The files whose marker is in ``stream``."""
+    return {i for i in range(N_FILES) if marker(i) in stream}
+
+
+def split_members(dataset) -> dict[str, set[int]]:
+    return {s: members(dataset.source(s).stream().tobytes()) for s in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
+    root = tmp_path_factory.mktemp("corpus")
+    return root, write_corpus(root)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def dataset(corpus, data_dir):
+    """The corpus in windows of 7, stored in blocks of 16 bytes so each split has many blocks."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(corpus_module, "BLOCK_BYTES", 16)
+        dataset = get_dataset("bytes", path=str(corpus[0]), seq_len=7, data_dir=data_dir)
+        assert len(dataset.source("train").blocks) > 20
+    return dataset
+
+
+def test_windows_of_every_split_concatenate_exactly_to_its_stream(dataset):
+    spec = dataset.spec
+    assert (spec.seq_len, spec.vocab_size, spec.num_classes, spec.byte_level) == (7, 256, 256, True)
+    for split in SPLITS:
+        source = dataset.source(split)
+        stream = source.stream()
+        assert stream.dtype == np.uint8 and stream.ndim == 1 and len(stream) > 0
+        examples = windows(source)
+        assert len(source) == math.ceil(len(stream) / 7)
+        assert all(set(e) == {"inputs", "length"} for e in examples)
+        assert all(e["inputs"].shape == (7,) and e["inputs"].dtype == np.int32 for e in examples)
+        assert all(e["length"] == 7 for e in examples[:-1])
+        last = examples[-1]
+        assert last["length"] == len(stream) - 7 * (len(examples) - 1)
+        assert not last["inputs"][last["length"] :].any()  # zero padding
+        joined = np.concatenate([e["inputs"][: e["length"]] for e in examples])
+        np.testing.assert_array_equal(joined, stream.astype(np.int32))
+        np.testing.assert_array_equal(source[-1]["inputs"], last["inputs"])
+        with pytest.raises(IndexError, match=f"out of range for {len(examples)} windows"):
+            source[len(examples)]
+
+
+def test_every_file_lands_in_exactly_one_split_sorted_with_separators(dataset, corpus):
+    _, files = corpus
+    by_index = {i: rel for rel, data in files.items() for i in members(data)}
+    parts = split_members(dataset)
+    assert [len(parts[s]) for s in SPLITS] == [N_FILES - 2, 1, 1]  # 5% of 20 files each
+    assert set().union(*parts.values()) == set(range(N_FILES))
+    assert sum(len(p) for p in parts.values()) == N_FILES  # disjoint
+    for split, indices in parts.items():
+        rels = sorted(by_index[i] for i in indices)
+        expected = b"".join(files[rel] + SEPARATOR for rel in rels)
+        assert dataset.source(split).stream().tobytes() == expected, split
+    everything = b"".join(dataset.source(s).stream().tobytes() for s in SPLITS)
+    assert b"<hidden" not in everything
+
+
+def test_same_seed_gives_the_same_split_and_another_seed_a_different_one(
+    dataset, corpus, data_dir, tmp_path
+):
+    root = str(corpus[0])
+    again = get_dataset("bytes", path=root, seq_len=7, data_dir=str(tmp_path))
+    assert split_members(again) == split_members(dataset)
+    other = get_dataset("bytes", path=root, seq_len=7, split_seed=1, data_dir=data_dir)
+    assert split_members(other) != split_members(dataset)
+    configs = sorted(os.listdir(Path(data_dir) / "byte_corpus"))
+    assert len(configs) == 2 and configs[0].endswith("_seed0") and configs[1].endswith("_seed1")
+
+
+def test_a_single_file_is_cut_90_5_5_by_bytes(tmp_path):
+    data = bytes(range(256)) * 4 + b"tail"  # 1,028 bytes; its stream is 1,029 with the separator
+    (tmp_path / "one.bin").write_bytes(data)
+    dataset = get_dataset(
+        "bytes", path=str(tmp_path / "one.bin"), seq_len=64, data_dir=str(tmp_path / "tfds")
+    )
+    streams = [dataset.source(s).stream().tobytes() for s in SPLITS]
+    assert [len(s) for s in streams] == [1029 - 2 * 51, 51, 51]
+    assert b"".join(streams) == data + SEPARATOR
+    assert len(dataset.source("train")) == math.ceil((1029 - 102) / 64)
+
+
+def test_bad_path_empty_folder_and_bad_seq_len_are_one_line_value_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"bytes corpus path '.*missing' does not exist"):
+        get_dataset("bytes", path=str(tmp_path / "missing"), data_dir=str(tmp_path))
+    empty = tmp_path / "empty"
+    (empty / ".hidden").mkdir(parents=True)
+    (empty / ".hidden" / "x.txt").write_text("hidden")
+    with pytest.raises(ValueError, match=r"folder '.*empty' has no files \(hidden files"):
+        get_dataset("bytes", path=str(empty), data_dir=str(tmp_path))
+    (tmp_path / "a.txt").write_text("x")
+    for seq_len in (0, -3):
+        with pytest.raises(ValueError, match=f"seq_len must be a positive .*got {seq_len}"):
+            get_dataset(
+                "bytes", path=str(tmp_path / "a.txt"), seq_len=seq_len, data_dir=str(tmp_path)
+            )
+    (tmp_path / "b.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match="has 1 bytes .*need at least 3"):
+        get_dataset("bytes", path=str(tmp_path / "b.txt"), data_dir=str(tmp_path))
+
+
+def test_an_edited_file_gives_a_new_builder_config_not_the_stale_cache(tmp_path):
+    root = tmp_path / "corpus"
+    files = write_corpus(root)
+    data_dir = str(tmp_path / "tfds")
+    before = get_dataset("bytes", path=str(root), data_dir=data_dir)
+    rel = next(iter(files))
+    edited = files[rel].replace(b"<file", b"<FILE")  # same size, new content and mtime
+    (root / rel).write_bytes(edited)
+    stat = (root / rel).stat()
+    os.utime(root / rel, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = get_dataset("bytes", path=str(root), data_dir=data_dir)
+    old = b"".join(before.source(s).stream().tobytes() for s in SPLITS)
+    new = b"".join(after.source(s).stream().tobytes() for s in SPLITS)
+    assert files[rel] in old and edited not in old
+    assert edited in new and files[rel] not in new
+    configs = os.listdir(Path(data_dir) / "byte_corpus")
+    assert len(configs) == 2 and all(c.startswith("path_corpus_") for c in configs)
+
+
+def test_sources_pickle_without_their_stream_and_read_the_same_windows(dataset):
+    source = dataset.source("validation")
+    source.stream()
+    restored = pickle.loads(pickle.dumps(source))
+    assert restored._stream is None
+    for a, b in zip(windows(source), windows(restored), strict=True):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+        assert a["length"] == b["length"]
+
+
+def test_stdlib_default_lists_only_py_files_outside_site_packages():
+    corpus = stdlib_corpus()
+    assert len(corpus.files) > 500
+    assert all(rel.endswith(".py") for rel in corpus.files)
+    assert list(corpus.files) == sorted(corpus.files)
+    parts = {part for rel in corpus.files for part in rel.split("/")}
+    assert not parts & {"site-packages", "dist-packages"}
+    assert not any(part.startswith(".") for part in parts)
+    assert "os.py" in corpus.files and "json/__init__.py" in corpus.files
+
+
+def test_stdlib_default_builds_offline_and_its_splits_hold_every_byte(tmp_path):
+    dataset = get_dataset("bytes", data_dir=str(tmp_path))  # ~1 s: 31 MB of stdlib sources
+    streams = {s: dataset.source(s).stream() for s in SPLITS}
+    assert sum(len(s) for s in streams.values()) == stdlib_corpus().stream_bytes()
+    assert len(streams["validation"]) > 0 and len(streams["test"]) > 0
+    assert len(streams["train"]) > 10 * len(streams["test"])
+    (config,) = os.listdir(tmp_path / "byte_corpus")
+    assert config.startswith("stdlib_py3") and config.endswith("_seed0")
+    assert dataset.source("train")[0]["inputs"].shape == (512,)
+
+
+def test_options_class_is_path_seq_len_split_seed_data_dir_and_size():
+    fields = {f.name: f.default for f in dataclasses.fields(dataset_options_class("bytes"))}
+    assert fields == {
+        "path": None,
+        "seq_len": 512,
+        "split_seed": 0,
+        "data_dir": None,
+        "size": "full",
+    }
+
+
+def test_bytes_builds_and_reads_with_tensorflow_unimportable(tmp_path, run_without_tensorflow):
+    root = tmp_path / "corpus"
+    files = write_corpus(root)
+    report = run_without_tensorflow(NO_TENSORFLOW_BODY, str(tmp_path / "tfds"), str(root))
+    assert report["bytes"] == sum(len(data) + len(SEPARATOR) for data in files.values())
+    assert all(count > 0 for count in report["windows"].values())
+    assert report["tensorflow_imported"] is False and report["tensorflow_attempts"] == []
+    written = {p.name.split("-")[1] for p in (tmp_path / "tfds").rglob("*.array_record-*")}
+    assert written == {f"{split}.array_record" for split in SPLITS}
