@@ -184,55 +184,82 @@ class LanguageModel(nnx.Module):
         top_p: float | None = None,
         stop_token: int | None = None,
     ):
-        """Continue ``prompt`` by ``max_new_tokens`` tokens with the recurrent cache.
-
-        The prompt goes through one parallel call (``return_state=True``), then each new token
-        is sampled and fed back through ``step`` in a ``lax.scan``; both are one jitted
-        function, compiled once per (shapes, sampling settings) and reused for every later call.
-
-        Args:
-          prompt: (b, l0) int tokens, l0 >= 1.
-          max_new_tokens: number of tokens to append.
-          key: PRNG key, needed when ``temperature > 0``.
-          temperature: 0 = greedy (argmax); otherwise logits are divided by it before sampling.
-          top_k: sample only among the k most likely tokens.
-          top_p: sample only among the smallest set of most likely tokens with probability >= p.
-          stop_token: once a row emits it, the rest of that row is filled with it.
-
-        Returns:
-          (b, l0 + max_new_tokens) int32 tokens, the prompt first.
-        """
-        prompt = jnp.asarray(prompt)
-        if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
-            raise ValueError(
-                f"prompt must be (b, l0) integer tokens with l0 >= 1, got {prompt.shape}"
-            )
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if temperature > 0 and key is None:
-            raise ValueError("sampling with temperature > 0 needs a PRNG key (or temperature=0)")
-        if top_k is not None and not 1 <= top_k <= self.vocab_size:
-            raise ValueError(f"top_k must be in [1, {self.vocab_size}] or None, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-        if stop_token is not None and not 0 <= stop_token < self.vocab_size:
-            raise ValueError(
-                f"stop_token must be in [0, {self.vocab_size}) or None, got {stop_token}"
-            )
-        graphdef, state = nnx.split(self)
-        return _generate(
-            graphdef,
-            state,
-            prompt.astype(jnp.int32),
-            jax.random.key(0) if key is None else key,
-            max_new_tokens=max_new_tokens,
-            temperature=float(temperature),
+        """Continue ``prompt`` by ``max_new_tokens`` tokens: ``generate(self, ...)``."""
+        return generate(
+            self,
+            prompt,
+            max_new_tokens,
+            vocab_size=self.vocab_size,
+            key=key,
+            temperature=temperature,
             top_k=top_k,
             top_p=top_p,
             stop_token=stop_token,
         )
+
+
+def generate(
+    model,
+    prompt,
+    max_new_tokens: int,
+    *,
+    vocab_size: int,
+    key=None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_token: int | None = None,
+):
+    """Continue ``prompt`` by ``max_new_tokens`` tokens of a causal ``model`` with its
+    recurrent cache.
+
+    ``model`` is any module with ``model(tokens, return_state=True) -> (logits, state)`` and
+    ``model.step(token, state) -> (logits, state)`` over a vocabulary of ``vocab_size``:
+    a ``LanguageModel``, or a ``SequenceModel`` trained with the causal_lm objective.
+
+    The prompt goes through one parallel call (``return_state=True``), then each new token
+    is sampled and fed back through ``step`` in a ``lax.scan``; both are one jitted
+    function, compiled once per (shapes, sampling settings) and reused for every later call.
+
+    Args:
+      prompt: (b, l0) int tokens, l0 >= 1.
+      max_new_tokens: number of tokens to append.
+      key: PRNG key, needed when ``temperature > 0``.
+      temperature: 0 = greedy (argmax); otherwise logits are divided by it before sampling.
+      top_k: sample only among the k most likely tokens.
+      top_p: sample only among the smallest set of most likely tokens with probability >= p.
+      stop_token: once a row emits it, the rest of that row is filled with it.
+
+    Returns:
+      (b, l0 + max_new_tokens) int32 tokens, the prompt first.
+    """
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise ValueError(f"prompt must be (b, l0) integer tokens with l0 >= 1, got {prompt.shape}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if temperature > 0 and key is None:
+        raise ValueError("sampling with temperature > 0 needs a PRNG key (or temperature=0)")
+    if top_k is not None and not 1 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be in [1, {vocab_size}] or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    if stop_token is not None and not 0 <= stop_token < vocab_size:
+        raise ValueError(f"stop_token must be in [0, {vocab_size}) or None, got {stop_token}")
+    graphdef, state = nnx.split(model)
+    return _generate(
+        graphdef,
+        state,
+        prompt.astype(jnp.int32),
+        jax.random.key(0) if key is None else key,
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=top_k,
+        top_p=top_p,
+        stop_token=stop_token,
+    )
 
 
 @functools.partial(

@@ -100,6 +100,10 @@ class SequenceModel(nnx.Module):
 
     ``paired=True`` makes a two-tower model (LRA Retrieval): inputs (b, 2, l[, d_input]) and mask
     (b, 2, l); both members go through the same backbone and the head sees [u, v, u*v, u-v].
+
+    With pooling "none" and recurrent layers it is also a causal language model: the parallel
+    mode starts from and returns a state (one per block), ``step`` runs one position, and
+    ``ssm.models.generate`` samples from it.
     """
 
     def __init__(
@@ -149,11 +153,23 @@ class SequenceModel(nnx.Module):
             raise ValueError("a paired (two-tower) SequenceModel needs pooling 'mean' or 'last'")
         self.head = nnx.Linear(4 * d_model if paired else d_model, num_classes, rngs=rngs)
         self.pooling, self.paired = pooling, paired
+        self.num_classes = num_classes
 
-    def __call__(self, x, mask=None, *, train: bool = False, key=None):
-        """x: (b, l, d_input) or (b, l) tokens; mask: (b, l) bool; key: dropout PRNG key."""
+    def __call__(
+        self, x, mask=None, *, train: bool = False, key=None, state=None, return_state=False
+    ):
+        """x: (b, l, d_input) or (b, l) tokens; mask: (b, l) bool; key: dropout PRNG key.
+
+        ``state`` (from ``initial_state`` or an earlier call) and ``return_state`` need pooling
+        "none": the output is then (logits (b, l, num_classes), state after the last position).
+        """
         if train and key is None:
             raise ValueError("SequenceModel(train=True) needs a dropout key")
+        if state is not None or return_state:
+            if self.pooling != "none" or self.paired:
+                raise ValueError("a SequenceModel state needs pooling 'none' and unpaired inputs")
+            h, state = self.features(x, mask, train, key, state=state, return_state=True)
+            return self.head(h), state
         if self.paired:
             b = x.shape[0]
             mask = None if mask is None else mask.reshape(2 * b, *mask.shape[2:])
@@ -162,16 +178,24 @@ class SequenceModel(nnx.Module):
             return self.head(jnp.concatenate([u, v, u * v, u - v], axis=-1))
         return self.head(self.features(x, mask, train, key))
 
-    def features(self, x, mask, train, key):
-        """Pooled backbone features: (b, d_model), or (b, l, d_model) with pooling "none"."""
+    def features(self, x, mask, train, key, *, state=None, return_state=False):
+        """Pooled backbone features: (b, d_model), or (b, l, d_model) with pooling "none"
+        [and the blocks' states after the last position]."""
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)
         h = self.encoder(x)
+        states = [None] * len(self.blocks) if state is None else list(state)
         for i, block in enumerate(self.blocks):
-            h = block(h, mask, train=train, key=None if key is None else jax.random.fold_in(key, i))
-        if self.final_norm is not None:
-            h = self.final_norm(h)
-        h = h.astype(jnp.float32)
+            block_key = None if key is None else jax.random.fold_in(key, i)
+            if return_state:
+                h, states[i] = block(
+                    h, mask, train=train, key=block_key, state=states[i], return_state=True
+                )
+            else:
+                h = block(h, mask, train=train, key=block_key)
+        h = self._final(h)
+        if return_state:
+            return h, tuple(states)
         if self.pooling == "mean":
             weights = mask.astype(jnp.float32)[..., None]
             h = jnp.sum(h * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
@@ -179,6 +203,25 @@ class SequenceModel(nnx.Module):
             last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
             h = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
         return h
+
+    def _final(self, h):
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        return h.astype(jnp.float32)
+
+    def initial_state(self, batch_size: int) -> tuple:
+        """Empty state: one per block (layers without a recurrent state raise)."""
+        return tuple(block.layer.initial_state(batch_size) for block in self.blocks)
+
+    def step(self, x_t, state: tuple):
+        """One position in inference mode: x_t (b,) tokens or (b, d_input) -> (logits
+        (b, num_classes), state)."""
+        h = self.encoder(x_t)
+        new_state = []
+        for block, block_state in zip(self.blocks, state, strict=True):
+            h, block_state = block.step(h, block_state)
+            new_state.append(block_state)
+        return self.head(self._final(h)), tuple(new_state)
 
 
 ModelOptions = options_dataclass(

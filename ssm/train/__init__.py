@@ -8,7 +8,7 @@ from ssm.train.config import (
     experiment_config,
     run_config,
 )
-from ssm.train.loop import Trainer, TrainingDiverged, evaluate_run, train
+from ssm.train.loop import Trainer, TrainingDiverged, evaluate_run, load_model, train
 from ssm.train.optim import make_optimizer, param_labels
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "TrainingDiverged",
     "evaluate_run",
     "experiment_config",
+    "load_model",
     "make_optimizer",
     "param_labels",
     "run_config",

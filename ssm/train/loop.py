@@ -397,18 +397,14 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
         checkpoints.close()
 
 
-def evaluate_run(output_dir, split: str = "test", checkpoint: str = "best", **dataset_overrides):
-    """Loss and accuracy on ``split`` of a trained run's ``best`` or ``latest`` checkpoint.
+def restore_run(output_dir, checkpoint: str = "best", **dataset_overrides):
+    """(Trainer, step, state) of a trained run's ``best`` or ``latest`` checkpoint.
 
-    ``dataset_overrides`` change the saved dataset options, e.g. ``eval_seq_len=4096`` to test
-    length generalization. Returns the checkpoint's step and ``{split}/loss``, ``{split}/accuracy``.
+    ``dataset_overrides`` change the saved dataset options (see ``evaluate_run``).
     """
     if checkpoint not in ("best", "latest"):
         raise ConfigError(f"checkpoint={checkpoint!r} is not valid; valid: 'best', 'latest'")
     trainer = Trainer(run_config(output_dir, **dataset_overrides))
-    splits = trainer.dataset.spec.splits
-    if split not in splits:
-        raise ConfigError(f"split={split!r} is not valid; valid: {', '.join(splits)}")
     checkpoints = Checkpoints(Path(output_dir) / "checkpoints")
     try:
         restore = checkpoints.restore_best if checkpoint == "best" else checkpoints.restore_latest
@@ -417,5 +413,23 @@ def evaluate_run(output_dir, split: str = "test", checkpoint: str = "best", **da
         checkpoints.close()
     if restored is None:
         raise ConfigError(f"run={output_dir} has no {checkpoint} checkpoint")
-    step, state = restored
+    return trainer, *restored
+
+
+def load_model(output_dir, checkpoint: str = "best"):
+    """(model, dataset spec) of a trained run: the SequenceModel with the checkpoint's weights."""
+    trainer, _, state = restore_run(output_dir, checkpoint)
+    return nnx.merge(trainer.graphdef, state["params"], state["rest"]), trainer.dataset.spec
+
+
+def evaluate_run(output_dir, split: str = "test", checkpoint: str = "best", **dataset_overrides):
+    """Loss and accuracy on ``split`` of a trained run's ``best`` or ``latest`` checkpoint.
+
+    ``dataset_overrides`` change the saved dataset options, e.g. ``eval_seq_len=4096`` to test
+    length generalization. Returns the checkpoint's step and ``{split}/loss``, ``{split}/accuracy``.
+    """
+    trainer, step, state = restore_run(output_dir, checkpoint, **dataset_overrides)
+    splits = trainer.dataset.spec.splits
+    if split not in splits:
+        raise ConfigError(f"split={split!r} is not valid; valid: {', '.join(splits)}")
     return {"step": step, **trainer.evaluate(state, split)}

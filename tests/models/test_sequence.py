@@ -143,3 +143,36 @@ def test_glu_outputs_are_s5s_full_and_half_glus(output):
 def test_half_glu_refuses_a_layer_with_a_different_output_size(output):
     with pytest.raises(ValueError, match=f"output='{output}' needs a layer whose output size"):
         model(output=output, layer_options={"d_state": 4, "channels": 2})
+
+
+@pytest.mark.parametrize("layer", ["s4d", "mamba"])
+def test_sequence_model_state_continues_and_steps_as_the_parallel_mode(layer):
+    options = {"d_state": 8} if layer == "s4d" else {"d_state": 4}
+    model = SequenceModel(
+        num_classes=7,
+        vocab_size=7,
+        layer=layer,
+        layer_options=options,
+        d_model=8,
+        n_layers=2,
+        dropout=0.0,
+        pooling="none",
+        output="none" if layer == "mamba" else "glu",
+        rngs=nnx.Rngs(0),
+    )
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 7)
+    full = model(tokens)
+    first, state = model(tokens[:, :5], return_state=True)
+    rest, _ = model(tokens[:, 5:], state=state, return_state=True)
+    np.testing.assert_allclose(jnp.concatenate([first, rest], 1), full, atol=1e-4)
+    state, steps = model.initial_state(2), []
+    for t in range(12):
+        logits, state = model.step(tokens[:, t], state)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-4)
+
+
+def test_sequence_model_state_needs_per_position_outputs():
+    model = SequenceModel(num_classes=2, vocab_size=5, d_model=8, n_layers=1, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="pooling 'none'"):
+        model(jnp.zeros((1, 4), jnp.int32), return_state=True)
