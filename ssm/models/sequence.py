@@ -120,7 +120,7 @@ class SequenceModel(nnx.Module):
         dropout: float = 0.1,
         activation: Literal["gelu", "gelu_tanh", "relu", "silu", "tanh"] = "gelu",
         output: Literal["glu", "linear", "half_glu1", "half_glu2", "none"] = "glu",
-        norm: Literal["layer", "batch"] = "layer",
+        norm: Literal["layer", "batch", "rms"] = "layer",
         prenorm: bool = True,
         pooling: Literal["mean", "last", "none"] = "mean",
         dtype: Literal["float32", "bfloat16"] = "float32",

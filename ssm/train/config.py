@@ -42,6 +42,9 @@ class TrainerConfig:
     ``objective``: see ``ssm.train.objectives``; ``mask_rate``: masked_lm's masking probability.
     ``eval_every``: steps between validations (None: once per epoch).
     ``init_from``: a run folder whose backbone weights (everything but the head) start this run.
+    ``sample_every``: causal_lm only, steps between samples of the model (a greedy and a
+    temperature-1 continuation of ``sample_length`` tokens after the start of the first
+    validation example) appended to ``samples.jsonl`` and printed.
     """
 
     objective: Objective = "classify"
@@ -56,6 +59,8 @@ class TrainerConfig:
     resume: bool = False
     checkpoint_every: int | None = None
     eval_every: int | None = None
+    sample_every: int | None = None
+    sample_length: int = 64
     log_every: int = 20
     progress: bool = True
     tensorboard: bool = True

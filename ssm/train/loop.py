@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ssm.config import ConfigError, options_of
 from ssm.data import Loader, get_dataset
-from ssm.models import SequenceModel
+from ssm.models import SequenceModel, generate
 from ssm.train.checkpoint import Checkpoints
 from ssm.train.config import ExperimentConfig, run_config
 from ssm.train.metrics import MetricsWriter
@@ -229,6 +229,32 @@ class Trainer:
         name = "bpb" if spec.byte_level else "bits_per_token"
         return {f"unigram/{name}": unigram_bits(train, other, spec.vocab_size)}
 
+    def samples(self, state, step: int, length: int, prompt_length: int = 32) -> dict:
+        """A greedy and a sampled (temperature 1) continuation of the first validation example's
+        first ``prompt_length`` tokens: ``{"step", "prompt", "greedy", "sampled"}``, as text for
+        byte-level data, else token lists."""
+        example = self.dataset.source("validation")[0]
+        valid = np.asarray(example["inputs"])[: int(example.get("length", prompt_length))]
+        prompt = jnp.asarray(valid[None, :prompt_length], jnp.int32)
+        model = nnx.merge(self.graphdef, state["params"], state["rest"])
+        key = jax.random.fold_in(jax.random.key(self.config.trainer.seed), step)
+        out = {"step": step}
+        for name, temperature in (("greedy", 0.0), ("sampled", 1.0)):
+            tokens = generate(
+                model,
+                prompt,
+                length,
+                vocab_size=self.dataset.spec.vocab_size,
+                key=key,
+                temperature=temperature,
+            )
+            out[name] = np.asarray(tokens[0, prompt.shape[1] :]).tolist()
+        out["prompt"] = np.asarray(prompt[0]).tolist()
+        if self.dataset.spec.byte_level:
+            for name in ("prompt", "greedy", "sampled"):
+                out[name] = bytes(out[name]).decode(errors="replace")
+        return out
+
     def evaluate(self, state, split: str) -> dict[str, float]:
         """Loss and accuracy of ``state`` on a whole split (masked_lm masks with fixed keys)."""
         loader = Loader(
@@ -251,6 +277,14 @@ class Trainer:
             for k in totals:
                 totals[k] += float(stats[k])
         return self.summary(totals, split)
+
+
+def write_sample(output_dir: Path, sample: dict):
+    """Append ``sample`` to ``samples.jsonl`` (flushed) and print it."""
+    with open(output_dir / "samples.jsonl", "a") as f:
+        f.write(json.dumps(sample) + "\n")
+    for name in ("greedy", "sampled"):
+        print(f"step {sample['step']} {name}: {sample['prompt']!r} -> {sample[name]!r}", flush=True)
 
 
 def token_stream(source, limit: int) -> np.ndarray:
@@ -342,7 +376,8 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
     checkpoints = Checkpoints(out / "checkpoints", *best)
     baseline = trainer.unigram_baseline() if tc.objective == "causal_lm" else {}
     if baseline:
-        print(f"unigram baseline: {next(iter(baseline.values())):.4f} bits per token", flush=True)
+        unit = "byte" if trainer.dataset.spec.byte_level else "token"
+        print(f"unigram baseline: {next(iter(baseline.values())):.4f} bits per {unit}", flush=True)
     state = trainer.initial_state
     restored = checkpoints.restore_latest(state) if tc.resume else None
     if restored is not None:
@@ -369,6 +404,8 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
                     window = jax.device_get(state["window"])
                     metrics.write(step, trainer.summary(window, "train"), echo=not tc.progress)
                     state = dict(state, window=zero_window())
+                if tc.objective == "causal_lm" and tc.sample_every and step % tc.sample_every == 0:
+                    write_sample(out, trainer.samples(state, step, tc.sample_length))
                 if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                     checkpoints.save_latest(step, state)
                 if on_step is not None:

@@ -1,3 +1,4 @@
+import json
 import math
 
 import jax
@@ -170,7 +171,14 @@ def lm_config(output_dir, objective="causal_lm", dataset="counting_tokens", **ov
 def test_causal_lm_run_learns_the_pattern_beats_the_unigram_baseline_and_keeps_lowest_loss(
     tmp_path,
 ):
-    results = train(lm_config(tmp_path))
+    results = train(lm_config(tmp_path, trainer={"sample_every": 20, "sample_length": 6}))
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [20, 40]
+    first = CountingTokens(16, 1)[0]["inputs"]
+    for sample in samples:
+        assert sample["prompt"] == first[:24].tolist()  # the whole (short) validation example
+        assert len(sample["greedy"]) == len(sample["sampled"]) == 6
+    assert all(0 <= t < 8 for t in samples[-1]["greedy"] + samples[-1]["sampled"])
     assert results["unigram/bits_per_token"] == pytest.approx(3.0, abs=0.1)  # ~uniform over 8
     assert results["test/bits_per_token"] < 0.5 * results["unigram/bits_per_token"]
     np.testing.assert_allclose(
