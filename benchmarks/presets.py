@@ -70,6 +70,7 @@ def run(preset: str, args) -> dict:
         f"trainer.max_steps={args.steps}",
         "trainer.progress=false",
         "trainer.tensorboard=false",
+        "trainer.overwrite=true",  # a rerun replaces the last one
         f"trainer.output_dir={out}",
         f"hydra.run.dir={out}/hydra",
         *args.set,

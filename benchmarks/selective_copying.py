@@ -75,6 +75,7 @@ def raw_config(layer: str, args, out: pathlib.Path) -> dict:
             "eval_batch_size": 250,
             "max_steps": args.steps,
             "output_dir": str(out / layer),
+            "overwrite": True,  # a rerun replaces the last one
             "log_every": max(args.steps // 20, 1),
             "progress": False,
             "tensorboard": False,

@@ -1,6 +1,5 @@
 """Train a model: ``python -m experiments.train [experiment=...] [group.key=value ...]``."""
 
-import logging
 import sys
 
 import hydra
@@ -10,8 +9,10 @@ from omegaconf import DictConfig, OmegaConf
 from ssm.config import ConfigError
 from ssm.data.manual import MissingDataError
 from ssm.train import TrainingDiverged, experiment_config, train
+from ssm.train.checkpoint import CheckpointError
+from ssm.train.run_dir import Preempted, quiet_logs
 
-logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" noise
+quiet_logs()  # before JAX starts: no "no TPU" noise
 
 
 def resolve(cfg: DictConfig):
@@ -35,9 +36,12 @@ def main(cfg: DictConfig) -> float:
     try:
         config = resolve(cfg)
         results = train(config)
-    except (ConfigError, MissingDataError, TrainingDiverged) as error:
+    except (ConfigError, MissingDataError, TrainingDiverged, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except Preempted as stop:
+        print(f"stopped: {stop}", flush=True)
+        sys.exit(0)
     except jax.errors.JaxRuntimeError as error:
         if (message := out_of_memory(error)) is None:
             raise
@@ -49,19 +53,24 @@ def main(cfg: DictConfig) -> float:
 
 def summary_line(results: dict, output_dir: str) -> str:
     """The run's final line: test accuracy, or for a language model its bits per byte (or
-    token) beside the unigram baseline's."""
+    token) beside the unigram baseline's; with ``trainer.seeds``, means ± std over seeds."""
+
+    def shown(key: str) -> str:
+        std = results.get(f"{key}_std")
+        return f"{results[key]:.4f}" + ("" if std is None else f" ± {std:.4f}")
+
     where = f"best step {results['best_step']}) -> {output_dir}"
     bits = next((k[5:] for k in ("test/bpb", "test/bits_per_token") if k in results), None)
     if bits is None:
         return (
-            f"test accuracy: {results['test/accuracy']:.4f} "
-            f"(validation {results['validation/accuracy']:.4f}, {where}"
+            f"test accuracy: {shown('test/accuracy')} "
+            f"(validation {shown('validation/accuracy')}, {where}"
         )
     baseline = results.get(f"unigram/{bits}")
     beside = "" if baseline is None else f", unigram baseline {baseline:.4f}"
     return (
-        f"test {bits}: {results[f'test/{bits}']:.4f} (validation "
-        f"{results[f'validation/{bits}']:.4f}{beside}, {where}"
+        f"test {bits}: {shown(f'test/{bits}')} (validation "
+        f"{shown(f'validation/{bits}')}{beside}, {where}"
     )
 
 

@@ -1,7 +1,7 @@
 """Datasets (TFDS builders read through array_record), the dataset registry and Grain loaders."""
 
 from ssm.data import audio as _audio  # noqa: F401  (registers "speech_commands")
-from ssm.data import corpus as _corpus  # noqa: F401  (registers "bytes")
+from ssm.data import corpus as _corpus  # noqa: F401  (registers "bytes", "enwik8", "wikitext103")
 from ssm.data import digits as _digits  # noqa: F401  (registers "digits")
 from ssm.data import images as _images  # noqa: F401  (registers CIFAR and MNIST datasets)
 from ssm.data import listops as _listops  # noqa: F401  (registers "listops")

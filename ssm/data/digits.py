@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ssm.config import NonNegativeInt
 from ssm.data.build import Builder, builder_dataset, prepare_builder
 from ssm.data.registry import SPLITS, Dataset, DatasetSpec, register_dataset
 
@@ -65,7 +66,7 @@ class SequentialDigits(Builder):
 
 
 @register_dataset("digits")
-def digits(*, data_dir: str | None = None, split_seed: int = 0) -> Dataset:
+def digits(*, data_dir: str | None = None, split_seed: NonNegativeInt = 0) -> Dataset:
     """The sequential digits, built under ``data_dir`` on first use and read from array_record.
 
     Args:

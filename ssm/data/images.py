@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ssm.config import NonNegativeInt
 from ssm.data.build import Builder
 from ssm.data.manual import Release, ReleaseOptions, RemoteFile, archive_release, release_dataset
 from ssm.data.registry import Dataset, DatasetSpec, register_dataset
@@ -223,7 +224,7 @@ def smnist(**options) -> Dataset:
 
 
 @register_dataset("psmnist", shared=ReleaseOptions)
-def psmnist(*, permutation_seed: int = PSMNIST_SEED, **options) -> Dataset:
+def psmnist(*, permutation_seed: NonNegativeInt = PSMNIST_SEED, **options) -> Dataset:
     """Permuted sequential MNIST: pixels in one fixed random order, (784, 1); the files as for
     ``smnist``.
 

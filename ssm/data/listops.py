@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ssm.config import NonNegativeInt
 from ssm.data.build import Builder, builder_dataset, prepare_builder
 from ssm.data.registry import SPLITS, Dataset, DatasetSpec, Size, register_dataset, split_sizes
 
@@ -180,7 +181,7 @@ def listops(
     *,
     data_dir: str | None = None,
     size: Size = "full",
-    seed: int = 0,
+    seed: NonNegativeInt = 0,
 ) -> Dataset:
     """LRA ListOps generated from ``seed``, built under ``data_dir`` on first use.
 

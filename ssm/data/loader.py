@@ -81,6 +81,8 @@ class Loader:
         shuffle: False keeps the source order (evaluation).
         drop_remainder: False keeps the last, smaller batch.
         pad_to: every batch has exactly this length.
+        shard: (index, count): this host loads rows ``index::count`` of every batch
+            (``batch_size // count`` of them), for multi-host data parallelism.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Loader:
         shuffle: bool = True,
         drop_remainder: bool = True,
         pad_to: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -103,6 +106,9 @@ class Loader:
         self.shuffle = shuffle
         self.drop_remainder = drop_remainder
         self.pad_to = pad_to
+        self.shard = shard
+        if batch_size % shard[1]:
+            raise ValueError(f"batch_size {batch_size} does not split over {shard[1]} hosts")
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"no batch of {batch_size} from {len(source)} examples "
@@ -121,8 +127,11 @@ class Loader:
             epoch_seed = np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]
             ds = ds.shuffle(seed=int(epoch_seed))
         collate = functools.partial(_collate, length=self.pad_to)
+        index, count = self.shard
+        if count > 1:  # host ``index`` takes every count-th example of each global batch
+            ds = ds[: self.steps_per_epoch * self.batch_size][index::count]
         return ds.map(_with_mask).batch(
-            self.batch_size, drop_remainder=self.drop_remainder, batch_fn=collate
+            self.batch_size // count, drop_remainder=self.drop_remainder, batch_fn=collate
         )
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:

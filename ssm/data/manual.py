@@ -280,26 +280,20 @@ class ReleaseOptions:
     download: bool = False
 
 
-def release_dataset(
+def release_builder(
     builder_cls: type[tfds.core.GeneratorBasedBuilder],
     release: Release,
-    spec: DatasetSpec,
-    fn: Callable[[dict[str, Any]], dict[str, Any]],
     options: ReleaseOptions,
     *,
     config: tfds.core.BuilderConfig | str | None = None,
-    stored: Mapping[str, str] | None = None,
-) -> Dataset:
-    """A dataset of a downloaded release, its builder prepared as array_record unless it is.
+) -> tfds.core.GeneratorBasedBuilder:
+    """The builder of a downloaded release, prepared as array_record unless it is.
 
     Args:
         builder_cls: the TFDS builder, reading the release's files from its ``manual_dir``.
         release: the files it reads.
-        spec: the dataset's spec.
-        fn: stored example -> example (see ``MappedSource``).
         options: where the data is, and whether to download it.
         config: builder config (or its name); None means the builder's default.
-        stored: split -> stored split (see ``builder_dataset``); None means the same names.
 
     Raises:
         MissingDataError: the builder is not prepared and the release's files are missing (and
@@ -316,11 +310,38 @@ def release_dataset(
                 raise
             release.fetch(folder, Path(data_dir).expanduser() / "downloads" / release.name)
 
-    builder = prepare_builder(
+    return prepare_builder(
         builder_cls,
         data_dir=data_dir,
         config=config,
         download_config=tfds.download.DownloadConfig(manual_dir=str(folder)),
         check=check,
     )
+
+
+def release_dataset(
+    builder_cls: type[tfds.core.GeneratorBasedBuilder],
+    release: Release,
+    spec: DatasetSpec,
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    options: ReleaseOptions,
+    *,
+    config: tfds.core.BuilderConfig | str | None = None,
+    stored: Mapping[str, str] | None = None,
+) -> Dataset:
+    """A dataset of a downloaded release (its builder from ``release_builder``).
+
+    Args:
+        builder_cls: the TFDS builder, reading the release's files from its ``manual_dir``.
+        release: the files it reads.
+        spec: the dataset's spec.
+        fn: stored example -> example (see ``MappedSource``).
+        options: where the data is, and whether to download it.
+        config: builder config (or its name); None means the builder's default.
+        stored: split -> stored split (see ``builder_dataset``); None means the same names.
+
+    Raises:
+        MissingDataError: as ``release_builder``.
+    """
+    builder = release_builder(builder_cls, release, options, config=config)
     return builder_dataset(builder, spec, fn, stored)

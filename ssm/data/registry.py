@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_type_hints
 
-from ssm.config import from_mapping, options_dataclass, options_of
+from ssm.config import checks_numbers, from_mapping, options_dataclass, options_of
 from ssm.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -40,7 +40,7 @@ def register_dataset(
     def register(fn: Callable[..., "Dataset"]) -> Callable[..., "Dataset"]:
         if shared is not None:
             _share_options(fn, shared)
-        return DATASETS.register(name)(fn)
+        return DATASETS.register(name)(checks_numbers(fn))
 
     return register
 

@@ -17,9 +17,11 @@ import dataclasses
 import functools
 import operator
 from collections.abc import Callable
+from typing import Annotated
 
 import numpy as np
 
+from ssm.config import NonNegativeInt, PositiveInt, Range
 from ssm.data.registry import SPLITS, Dataset, DatasetSpec, register_dataset
 
 Generate = Callable[[np.random.Generator], dict]
@@ -64,10 +66,10 @@ class Splits:
         seed: generation seed.
     """
 
-    num_train: int = 10_000
-    num_val: int = 1_000
-    num_test: int = 1_000
-    seed: int = 0
+    num_train: PositiveInt = 10_000
+    num_val: PositiveInt = 1_000
+    num_test: PositiveInt = 1_000
+    seed: NonNegativeInt = 0
 
 
 def _dataset(
@@ -76,9 +78,6 @@ def _dataset(
     """A Dataset whose splits have ``splits``' sizes of examples made by ``generators`` (one for
     every split, or a dict of one per split)."""
     seed, sizes = splits.seed, (splits.num_train, splits.num_val, splits.num_test)
-    _require(seed >= 0, f"{spec.name}: seed must be non-negative, got {seed}")
-    for option, size in zip(("num_train", "num_val", "num_test"), sizes, strict=True):
-        _require(size >= 1, f"{spec.name}: {option} must be at least 1, got {size}")
     if callable(generators):
         generators = dict.fromkeys(SPLITS, generators)
     sources = {
@@ -114,8 +113,6 @@ def _copy_example(rng, *, seq_len, num_tokens, data_vocab, selective) -> dict:
 
 
 def _copying(name, splits, *, selective, seq_len, num_tokens, data_vocab) -> Dataset:
-    _require(num_tokens >= 1, f"{name}: num_tokens must be positive, got {num_tokens}")
-    _require(data_vocab >= 1, f"{name}: data_vocab must be positive, got {data_vocab}")
     _require(
         seq_len >= 2 * num_tokens,
         f"{name}: seq_len={seq_len} must be at least 2 * num_tokens={2 * num_tokens} "
@@ -133,7 +130,13 @@ def _copying(name, splits, *, selective, seq_len, num_tokens, data_vocab) -> Dat
 
 
 @register_dataset("copying", shared=Splits)
-def copying(*, seq_len: int = 128, num_tokens: int = 10, data_vocab: int = 8, **splits) -> Dataset:
+def copying(
+    *,
+    seq_len: PositiveInt = 128,
+    num_tokens: PositiveInt = 10,
+    data_vocab: PositiveInt = 8,
+    **splits,
+) -> Dataset:
     """The copying task: memorize a prefix of tokens and reproduce it after a delay.
 
     Inputs (l,): ``num_tokens`` random data tokens, blanks (token ``data_vocab``), then
@@ -151,7 +154,11 @@ def copying(*, seq_len: int = 128, num_tokens: int = 10, data_vocab: int = 8, **
 
 @register_dataset("selective_copying", shared=Splits)
 def selective_copying(
-    *, seq_len: int = 256, num_tokens: int = 16, data_vocab: int = 16, **splits
+    *,
+    seq_len: PositiveInt = 256,
+    num_tokens: PositiveInt = 16,
+    data_vocab: PositiveInt = 16,
+    **splits,
 ) -> Dataset:
     """Selective copying (Mamba, Gu & Dao 2023, sec. 3.1): copy tokens scattered among noise.
 
@@ -177,7 +184,11 @@ def _induction_example(rng, *, seq_len, data_vocab) -> dict:
 
 @register_dataset("induction_heads", shared=Splits)
 def induction_heads(
-    *, seq_len: int = 256, eval_seq_len: int | None = None, data_vocab: int = 16, **splits
+    *,
+    seq_len: Annotated[int, Range(min=3)] = 256,
+    eval_seq_len: Annotated[int, Range(min=3)] | None = None,
+    data_vocab: PositiveInt = 16,
+    **splits,
 ) -> Dataset:
     """Induction heads (Olsson et al. 2022; Mamba sec. 4.1.2): recall what followed a trigger.
 
@@ -192,9 +203,6 @@ def induction_heads(
         data_vocab: distinct data tokens (the classes); the input vocabulary adds the trigger.
     """
     eval_seq_len = seq_len if eval_seq_len is None else eval_seq_len
-    for option, length in (("seq_len", seq_len), ("eval_seq_len", eval_seq_len)):
-        _require(length >= 3, f"induction_heads: {option} must be at least 3, got {length}")
-    _require(data_vocab >= 1, f"induction_heads: data_vocab must be positive, got {data_vocab}")
     train = functools.partial(_induction_example, seq_len=seq_len, data_vocab=data_vocab)
     held_out = functools.partial(_induction_example, seq_len=eval_seq_len, data_vocab=data_vocab)
     spec = DatasetSpec(
@@ -227,10 +235,10 @@ def _mqar_example(rng, *, seq_len, vocab_size, num_kv_pairs, gap_probs) -> dict:
 @register_dataset("mqar", shared=Splits)
 def mqar(
     *,
-    seq_len: int = 256,
-    num_kv_pairs: int = 16,
-    vocab_size: int = 256,
-    power_a: float = 0.01,
+    seq_len: PositiveInt = 256,
+    num_kv_pairs: PositiveInt = 16,
+    vocab_size: PositiveInt = 256,
+    power_a: Annotated[float, Range(0, 1, min_open=True)] = 0.01,
     **splits,
 ) -> Dataset:
     """Multi-query associative recall (Zoology, Arora et al. 2023), after its generator.
@@ -248,7 +256,6 @@ def mqar(
         vocab_size: input vocabulary, also the classes; at least ``2 * num_kv_pairs``.
         power_a: exponent of the power law of query gaps, in (0, 1]; 1 is uniform.
     """
-    _require(num_kv_pairs >= 1, f"mqar: num_kv_pairs must be positive, got {num_kv_pairs}")
     _require(
         seq_len >= 4 * num_kv_pairs,
         f"mqar: seq_len={seq_len} must be at least 4 * num_kv_pairs={4 * num_kv_pairs}",
@@ -258,7 +265,6 @@ def mqar(
         f"mqar: vocab_size={vocab_size} must be at least 2 * num_kv_pairs={2 * num_kv_pairs} "
         "(distinct keys and values)",
     )
-    _require(0.0 < power_a <= 1.0, f"mqar: power_a must be in (0, 1], got {power_a}")
     space = (seq_len - 2 * num_kv_pairs) // 2
     gap_probs = np.arange(1, space + 1, dtype=np.float64) ** (power_a - 1.0)
     generate = functools.partial(
@@ -285,7 +291,12 @@ def _adding_example(rng, *, seq_len, num_bins) -> dict:
 
 
 @register_dataset("adding", shared=Splits)
-def adding(*, seq_len: int = 200, num_bins: int = 20, **splits) -> Dataset:
+def adding(
+    *,
+    seq_len: Annotated[int, Range(min=2)] = 200,
+    num_bins: Annotated[int, Range(min=2)] = 20,
+    **splits,
+) -> Dataset:
     """The adding problem (Hochreiter & Schmidhuber 1997), as classification of the sum.
 
     Inputs (l, 2): channel 0 holds values uniform in [0, 1), channel 1 marks two of them (1.0),
@@ -297,8 +308,6 @@ def adding(*, seq_len: int = 200, num_bins: int = 20, **splits) -> Dataset:
         seq_len: l, at least 2.
         num_bins: classes, equal-width bins of [0, 2).
     """
-    _require(seq_len >= 2, f"adding: seq_len must be at least 2, got {seq_len}")
-    _require(num_bins >= 2, f"adding: num_bins must be at least 2, got {num_bins}")
     generate = functools.partial(_adding_example, seq_len=seq_len, num_bins=num_bins)
     spec = DatasetSpec("adding", seq_len=seq_len, num_classes=num_bins, d_input=2)
     return _dataset(spec, generate, Splits(**splits))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ssm.config import PositiveInt
 from ssm.data.build import Builder
 from ssm.data.manual import Release, ReleaseOptions, RemoteFile, archive_release, release_dataset
 from ssm.data.registry import Dataset, DatasetSpec, register_dataset
@@ -155,7 +156,7 @@ def _aan_example(example: dict, max_len: int) -> dict:
 
 
 @register_dataset("imdb", shared=ReleaseOptions)
-def imdb(*, max_len: int = 4096, **options) -> Dataset:
+def imdb(*, max_len: PositiveInt = 4096, **options) -> Dataset:
     """LRA Text: IMDB reviews as byte tokens, built from the downloaded release on first use.
 
     ``manual_dir`` holds ``aclImdb_v1.tar.gz`` or ``aclImdb/`` (default
@@ -171,7 +172,7 @@ def imdb(*, max_len: int = 4096, **options) -> Dataset:
 
 
 @register_dataset("aan", shared=ReleaseOptions)
-def aan(*, max_len: int = 4000, **options) -> Dataset:
+def aan(*, max_len: PositiveInt = 4000, **options) -> Dataset:
     """LRA Retrieval: pairs of AAN papers as byte tokens (a two-tower, ``paired`` dataset).
 
     ``manual_dir`` holds ``new_aan_pairs.{train,eval,test}.tsv`` (default

@@ -16,6 +16,12 @@ state = layer.initial_state(batch_size); y_t, state = layer.step(x_t, state)   #
 - ``mask`` (b, l) bool marks valid positions, valid first (right padding). Padded positions
   never change valid outputs; their outputs are zero; the returned state is the one after the
   last *valid* position of each row.
+- Inputs are checked once, here, for every layer: an x that is not (b, l, d_model) (x_t not
+  (b, d_model) for ``step``) or a mask that is not (b, l) is a one-line ValueError. An empty
+  sequence (l = 0) gives an empty (b, 0, d_output) output and leaves the state as it was (the
+  given one, else ``initial_state``).
+- Constructor arguments annotated with ``ssm.config.Range`` (``d_model`` and the numeric
+  options) are checked on every construction, from a config or not, with a one-line ValueError.
 - A layer without a finite recurrent state (bidirectional, long convolutions) sets
   ``recurrent = False``; asking it for a state raises ``NoRecurrentState`` (one line).
 - ``output_projection = True`` marks a layer that ends with its own gated output projection
@@ -23,13 +29,22 @@ state = layer.initial_state(batch_size); y_t, state = layer.step(x_t, state)   #
 
 Adding a layer: subclass ``SequenceLayer`` in ``ssm/layers/<family>.py``, decorate it with
 ``@register_layer("name")`` (``ssm.layers.registry``), keep its keyword options annotated (they
-are its config schema: ``layer=name layer.<option>=...``; an op's ``impl`` field is annotated
-``OP.impl_type`` so it is checked against the live registry), and add its configurations to
+are its config schema: ``layer=name layer.<option>=...``; numbers carry their valid range,
+e.g. ``PositiveInt`` from ``ssm.config``; an op's ``impl`` field is annotated ``OP.impl_type``
+so it is checked against the live registry), and add its configurations to
 ``CONFIGS`` in ``tests/layers/test_conformance.py``: that suite then checks every property above.
 """
 
+import functools
+from typing import Annotated
+
 import jax.numpy as jnp
 from flax import nnx
+
+from ssm.config import Range, checks_numbers
+
+# The state size of layers whose state is conjugate pairs (S4, S4D, DSS).
+EvenStateSize = Annotated[int, Range(min=2, multiple_of=2)]
 
 
 class NoRecurrentState(ValueError):
@@ -42,6 +57,16 @@ class SequenceLayer(nnx.Module):
     d_model: int
     d_output: int
     output_projection = False
+
+    def __init_subclass__(cls, **kwargs):
+        """Make a layer check its ``Range`` arguments and its inputs (see the module docstring)."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            cls.__init__ = checks_numbers(cls.__init__)
+        if "__call__" in vars(cls):
+            cls.__call__ = _checks_sequence(cls.__call__)
+        if "step" in vars(cls):
+            cls.step = _checks_step(cls.step)
 
     @property
     def recurrent(self) -> bool:
@@ -103,15 +128,49 @@ def last_valid_state(states, last, mask, state=None):
     return jnp.where((lengths > 0)[:, None], at_last, before)
 
 
-def check_options(layer: str, *, d_state=None, dt_range=None, channels=None) -> None:
-    """One-line ValueErrors for the options SSM layers share (those given): an even ``d_state``
-    >= 2, ``dt_range = (dt_min, dt_max)`` with 0 < dt_min <= dt_max, ``channels`` >= 1."""
-    if d_state is not None and (d_state < 2 or d_state % 2):
-        raise ValueError(f"{layer} d_state must be an even integer >= 2, got {d_state}")
-    if dt_range is not None and not 0 < dt_range[0] <= dt_range[1]:
-        dt_min, dt_max = dt_range
-        raise ValueError(
-            f"{layer} needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
-        )
-    if channels is not None and channels < 1:
-        raise ValueError(f"{layer} channels must be >= 1, got {channels}")
+def check_order(layer: str, *, strict: bool = False, **bounds: float) -> None:
+    """A one-line ValueError unless the two ``bounds`` (lower first: ``dt_min=1e-3, dt_max=0.1``)
+    are ordered, lower <= upper (< if ``strict``)."""
+    (low_name, low), (high_name, high) = bounds.items()
+    if not (low < high if strict else low <= high):
+        relation = f"{low_name} {'<' if strict else '<='} {high_name}"
+        raise ValueError(f"{layer} needs {relation}, got {low_name}={low}, {high_name}={high}")
+
+
+def _input_error(layer: SequenceLayer, what: str, expected: str, shape) -> ValueError:
+    return ValueError(f"{type(layer).__name__} expects {what} of shape {expected}, got {shape}")
+
+
+def _checks_sequence(call):
+    """Wrap a layer's ``__call__``: check x and mask, and answer an empty sequence itself."""
+
+    @functools.wraps(call)
+    def checked(self, x, mask=None, *, state=None, return_state=False):
+        shape = tuple(jnp.shape(x))
+        if len(shape) != 3 or shape[-1] != self.d_model:
+            raise _input_error(self, "x", f"(b, l, d_model={self.d_model})", shape)
+        if mask is not None and tuple(jnp.shape(mask)) != shape[:2]:
+            raise _input_error(self, "mask", f"(b, l) = {shape[:2]}", tuple(jnp.shape(mask)))
+        if shape[1] > 0:
+            return call(self, x, mask, state=state, return_state=return_state)
+        if state is not None or return_state:
+            self.require_state("state in or out")
+        y = jnp.zeros((shape[0], 0, self.d_output), self.compute_dtype(x))
+        if not return_state:
+            return y
+        return y, self.initial_state(shape[0]) if state is None else state
+
+    return checked
+
+
+def _checks_step(step):
+    """Wrap a layer's ``step``: check that x_t is (b, d_model)."""
+
+    @functools.wraps(step)
+    def checked(self, x_t, state):
+        shape = tuple(jnp.shape(x_t))
+        if len(shape) != 2 or shape[-1] != self.d_model:
+            raise _input_error(self, "x_t", f"(b, d_model={self.d_model})", shape)
+        return step(self, x_t, state)
+
+    return checked

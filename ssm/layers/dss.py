@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssm.config import PositiveFloat, PositiveInt
 from ssm.init import S4DInit, s4d_diagonal
-from ssm.layers.base import canonical_dtype, check_options, valid_lengths
+from ssm.layers.base import EvenStateSize, canonical_dtype, check_order, valid_lengths
 from ssm.layers.registry import register_layer
 from ssm.layers.s4d import S4D
 from ssm.ops.conv import LONG_CONV, long_conv
@@ -90,14 +91,14 @@ class DSS(S4D):
 
     def __init__(
         self,
-        d_model: int,
+        d_model: PositiveInt,
         *,
-        d_state: int = 64,
+        d_state: EvenStateSize = 64,
         kernel: DSSKernel = "exp",
         init: S4DInit = "legs",
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        channels: int = 1,
+        dt_min: PositiveFloat = 1e-3,
+        dt_max: PositiveFloat = 1e-1,
+        channels: PositiveInt = 1,
         bidirectional: bool = False,
         impl: LONG_CONV.impl_type = "auto",
         dtype=None,
@@ -107,7 +108,7 @@ class DSS(S4D):
         if kernel not in typing.get_args(DSSKernel):
             valid = ", ".join(typing.get_args(DSSKernel))
             raise ValueError(f"unknown DSS kernel {kernel!r}; valid: {valid}")
-        check_options("DSS", d_state=d_state, dt_range=(dt_min, dt_max), channels=channels)
+        check_order("DSS", dt_min=dt_min, dt_max=dt_max)
         LONG_CONV.check(impl, "DSS impl")
         self.d_model, self.d_state, self.channels = d_model, d_state, channels
         self.kernel_kind, self.disc = kernel, "zoh"

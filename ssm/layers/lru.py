@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssm.config import Fraction, PositiveFloat, PositiveInt
 from ssm.init import lru_ring_init
-from ssm.layers.base import SequenceLayer, canonical_dtype, last_valid_state
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_order, last_valid_state
 from ssm.layers.registry import register_layer
 from ssm.ops.linear_scan import LINEAR_SCAN, linear_scan
 from ssm.ops.numerics import HIGHEST
@@ -35,24 +36,19 @@ class LRU(SequenceLayer):
 
     def __init__(
         self,
-        d_model: int,
+        d_model: PositiveInt,
         *,
-        d_state: int = 64,
-        r_min: float = 0.0,
-        r_max: float = 0.99,
-        max_phase: float = 2 * math.pi,
+        d_state: PositiveInt = 64,
+        r_min: Fraction = 0.0,
+        r_max: Fraction = 0.99,
+        max_phase: PositiveFloat = 2 * math.pi,
         bidirectional: bool = False,
         impl: LINEAR_SCAN.impl_type = "auto",
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if d_state < 1:
-            raise ValueError(f"LRU d_state must be >= 1, got {d_state}")
-        if not 0 <= r_min < r_max < 1:
-            raise ValueError(f"LRU needs 0 <= r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
-        if max_phase <= 0:
-            raise ValueError(f"LRU max_phase must be > 0, got {max_phase}")
+        check_order("LRU", strict=True, r_min=r_min, r_max=r_max)
         LINEAR_SCAN.check(impl, "LRU impl")
         self.d_model, self.d_output, self.d_state = d_model, d_model, d_state
         self.bidirectional, self.impl = bidirectional, impl

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssm.config import PositiveFloat, PositiveInt
 from ssm.init import inverse_softplus, log_uniform, torch_linear_init
-from ssm.layers.base import SequenceLayer, canonical_dtype, check_options, valid_lengths
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_order, valid_lengths
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import depthwise_conv, depthwise_conv_window
 from ssm.ops.selective_scan import SELECTIVE_SCAN, selective_scan, selective_state_update
@@ -164,15 +165,15 @@ class Mamba(SequenceLayer):
 
     def __init__(
         self,
-        d_model: int,
+        d_model: PositiveInt,
         *,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: int | None = None,
-        dt_min: float = 1e-3,
-        dt_max: float = 0.1,
-        dt_init_floor: float = 1e-4,
+        d_state: PositiveInt = 16,
+        d_conv: PositiveInt = 4,
+        expand: PositiveInt = 2,
+        dt_rank: PositiveInt | None = None,
+        dt_min: PositiveFloat = 1e-3,
+        dt_max: PositiveFloat = 0.1,
+        dt_init_floor: PositiveFloat = 1e-4,
         bidirectional: bool = False,
         impl: SELECTIVE_SCAN.impl_type = "auto",
         impl_options: dict | None = None,
@@ -180,14 +181,7 @@ class Mamba(SequenceLayer):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        for name, value in dict(d_state=d_state, d_conv=d_conv, expand=expand).items():
-            if value < 1:
-                raise ValueError(f"Mamba {name} must be >= 1, got {value}")
-        if dt_rank is not None and dt_rank < 1:
-            raise ValueError(
-                f"Mamba dt_rank must be >= 1 or null (ceil(d_model / 16)), got {dt_rank}"
-            )
-        check_options("Mamba", dt_range=(dt_min, dt_max))
+        check_order("Mamba", dt_min=dt_min, dt_max=dt_max)
         SELECTIVE_SCAN.check(impl, "Mamba impl")
         self.dtype, self.param_dtype = canonical_dtype(dtype), canonical_dtype(param_dtype)
         self.d_model, self.d_output = d_model, d_model

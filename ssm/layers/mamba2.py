@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssm.config import PositiveFloat, PositiveInt
 from ssm.init import inverse_softplus, log_uniform, torch_linear_init
-from ssm.layers.base import SequenceLayer, canonical_dtype, check_options, valid_lengths
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_order, valid_lengths
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import depthwise_conv, depthwise_conv_window
 from ssm.ops.ssd import SSD, ssd, ssd_state_update
@@ -59,35 +60,24 @@ class Mamba2(SequenceLayer):
 
     def __init__(
         self,
-        d_model: int,
+        d_model: PositiveInt,
         *,
-        d_state: int = 128,
-        d_conv: int = 4,
-        expand: int = 2,
-        headdim: int = 64,
-        ngroups: int = 1,
-        A_init_range: tuple[float, float] = (1.0, 16.0),
-        dt_min: float = 1e-3,
-        dt_max: float = 0.1,
-        dt_init_floor: float = 1e-4,
-        chunk_size: int = 256,
+        d_state: PositiveInt = 128,
+        d_conv: PositiveInt = 4,
+        expand: PositiveInt = 2,
+        headdim: PositiveInt = 64,
+        ngroups: PositiveInt = 1,
+        A_init_range: tuple[PositiveFloat, PositiveFloat] = (1.0, 16.0),
+        dt_min: PositiveFloat = 1e-3,
+        dt_max: PositiveFloat = 0.1,
+        dt_init_floor: PositiveFloat = 1e-4,
+        chunk_size: PositiveInt = 256,
         impl: SSD.impl_type = "auto",
         impl_options: dict | None = None,
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        positive = dict(
-            d_state=d_state,
-            d_conv=d_conv,
-            expand=expand,
-            headdim=headdim,
-            ngroups=ngroups,
-            chunk_size=chunk_size,
-        )
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"Mamba2 {name} must be >= 1, got {value}")
         d_inner = expand * d_model
         if d_inner % headdim:
             raise ValueError(
@@ -99,11 +89,11 @@ class Mamba2(SequenceLayer):
                 f"Mamba2 ngroups={ngroups} must divide nheads = d_inner / headdim = {nheads}"
             )
         low, high = A_init_range
-        if not 0 < low <= high:
+        if low > high:
             raise ValueError(
-                f"Mamba2 needs A_init_range (low, high) with 0 < low <= high, got {A_init_range}"
+                f"Mamba2 needs A_init_range (low, high) with low <= high, got {A_init_range}"
             )
-        check_options("Mamba2", dt_range=(dt_min, dt_max))
+        check_order("Mamba2", dt_min=dt_min, dt_max=dt_max)
         SSD.check(impl, "Mamba2 impl")
         if "chunk_size" in (impl_options or {}):
             raise ValueError("Mamba2: set layer.chunk_size, not impl_options.chunk_size")

@@ -16,14 +16,15 @@ blocks of the gates), p = e / h channels per head, k = conv_width.
 """
 
 import functools
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssm.config import PositiveInt, Range
 from ssm.init import rglru_a_param
-from ssm.layers.base import SequenceLayer, canonical_dtype, valid_lengths
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_order, valid_lengths
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import depthwise_conv, depthwise_conv_window
 from ssm.ops.linear_scan import LINEAR_SCAN, linear_scan
@@ -154,13 +155,13 @@ class RGLRU(SequenceLayer):
 
     def __init__(
         self,
-        d_model: int,
+        d_model: PositiveInt,
         *,
-        lru_width: int | None = None,
-        num_heads: int = 1,
-        conv_width: int = 4,
-        min_rad: float = 0.9,
-        max_rad: float = 0.999,
+        lru_width: PositiveInt | None = None,
+        num_heads: PositiveInt = 1,
+        conv_width: PositiveInt = 4,
+        min_rad: Annotated[float, Range(0, 1, min_open=True, max_open=True)] = 0.9,
+        max_rad: Annotated[float, Range(0, 1, min_open=True, max_open=True)] = 0.999,
         impl: LINEAR_SCAN.impl_type = "auto",
         impl_options: dict | None = None,
         dtype=None,
@@ -168,18 +169,9 @@ class RGLRU(SequenceLayer):
         rngs: nnx.Rngs,
     ):
         width = d_model if lru_width is None else lru_width
-        if width < 1:
-            raise ValueError(f"RGLRU lru_width must be >= 1 or null (d_model), got {lru_width}")
-        if num_heads < 1 or width % num_heads:
-            raise ValueError(
-                f"RGLRU num_heads must be >= 1 and divide lru_width={width}, got {num_heads}"
-            )
-        if conv_width < 1:
-            raise ValueError(f"RGLRU conv_width must be >= 1, got {conv_width}")
-        if not 0 < min_rad <= max_rad < 1:
-            raise ValueError(
-                f"RGLRU needs 0 < min_rad <= max_rad < 1, got min_rad={min_rad}, max_rad={max_rad}"
-            )
+        if width % num_heads:
+            raise ValueError(f"RGLRU num_heads must divide lru_width={width}, got {num_heads}")
+        check_order("RGLRU", min_rad=min_rad, max_rad=max_rad)
         LINEAR_SCAN.check(impl, "RGLRU impl")
         self.dtype, self.param_dtype = canonical_dtype(dtype), canonical_dtype(param_dtype)
         self.d_model, self.d_output, self.lru_width = d_model, d_model, width

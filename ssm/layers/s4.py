@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssm.config import PositiveFloat, PositiveInt
 from ssm.hippo import nplr
-from ssm.layers.base import SequenceLayer, canonical_dtype, check_options
+from ssm.layers.base import EvenStateSize, SequenceLayer, canonical_dtype, check_order
 from ssm.layers.registry import register_layer
 from ssm.ops.cauchy import CAUCHY
 from ssm.ops.conv import long_conv
@@ -55,24 +56,22 @@ class S4(SequenceLayer):
 
     def __init__(
         self,
-        d_model: int,
+        d_model: PositiveInt,
         *,
-        d_state: int = 64,
-        rank: int = 1,
+        d_state: EvenStateSize = 64,
+        rank: PositiveInt = 1,
         init: S4Init = "legs",
         real: Literal["exp", "none"] = "exp",
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        channels: int = 1,
+        dt_min: PositiveFloat = 1e-3,
+        dt_max: PositiveFloat = 1e-1,
+        channels: PositiveInt = 1,
         bidirectional: bool = False,
         impl: CAUCHY.impl_type = "auto",
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        check_options("S4", d_state=d_state, dt_range=(dt_min, dt_max), channels=channels)
-        if rank < 1:
-            raise ValueError(f"S4 rank must be >= 1, got {rank}")
+        check_order("S4", dt_min=dt_min, dt_max=dt_max)
         if real not in ("exp", "none"):
             raise ValueError(f"S4 real={real!r} is not valid; valid: 'exp', 'none'")
         CAUCHY.check(impl, "S4 impl")

@@ -11,8 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssm.config import PositiveFloat, PositiveInt
 from ssm.init import S4DInit, s4d_init
-from ssm.layers.base import SequenceLayer, canonical_dtype, check_options, valid_lengths
+from ssm.layers.base import (
+    EvenStateSize,
+    SequenceLayer,
+    canonical_dtype,
+    check_order,
+    valid_lengths,
+)
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import LONG_CONV, long_conv
 from ssm.ops.kernels import diagonal_ssm_step, discretize_diagonal, vandermonde_kernel
@@ -33,21 +40,21 @@ class S4D(SequenceLayer):
 
     def __init__(
         self,
-        d_model: int,
+        d_model: PositiveInt,
         *,
-        d_state: int = 64,
+        d_state: EvenStateSize = 64,
         init: S4DInit = "legs",
         disc: Literal["zoh", "bilinear"] = "zoh",
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        channels: int = 1,
+        dt_min: PositiveFloat = 1e-3,
+        dt_max: PositiveFloat = 1e-1,
+        channels: PositiveInt = 1,
         bidirectional: bool = False,
         impl: LONG_CONV.impl_type = "auto",
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        check_options("S4D", d_state=d_state, dt_range=(dt_min, dt_max), channels=channels)
+        check_order("S4D", dt_min=dt_min, dt_max=dt_max)
         self.d_model, self.d_state, self.channels = d_model, d_state, channels
         LONG_CONV.check(impl, "S4D impl")
         self.disc, self.bidirectional, self.impl = disc, bidirectional, impl

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssm.config import PositiveFloat, PositiveInt
 from ssm.hippo import hippo_legs, legs_normal_eig, perturb_then_diagonalize
-from ssm.layers.base import SequenceLayer, canonical_dtype, check_options, last_valid_state
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_order, last_valid_state
 from ssm.layers.registry import register_layer
 from ssm.ops.kernels import DISCRETIZATIONS, Discretization, discretize_diagonal
 from ssm.ops.linear_scan import LINEAR_SCAN, linear_scan
@@ -91,16 +92,16 @@ class S5(SequenceLayer):
 
     def __init__(
         self,
-        d_model: int,
+        d_model: PositiveInt,
         *,
-        d_state: int = 256,
-        blocks: int = 8,
+        d_state: PositiveInt = 256,
+        blocks: PositiveInt = 8,
         init: S5Init = "hippo_n",
-        ptd_eps: float = 0.1,
+        ptd_eps: PositiveFloat = 0.1,
         c_init: S5CInit = "trunc_standard_normal",
         disc: Discretization = "zoh",
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
+        dt_min: PositiveFloat = 1e-3,
+        dt_max: PositiveFloat = 1e-1,
         conj_sym: bool = True,
         clip_eigs: bool = False,
         bidirectional: bool = False,
@@ -109,7 +110,7 @@ class S5(SequenceLayer):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        self._check(d_state, blocks, init, ptd_eps, c_init, disc, dt_min, dt_max, conj_sym)
+        self._check(d_state, blocks, init, c_init, disc, dt_min, dt_max, conj_sym)
         LINEAR_SCAN.check(impl, "S5 impl")
         self.d_model, self.d_output, self.d_state = d_model, d_model, d_state
         self.disc, self.conj_sym, self.clip_eigs = disc, conj_sym, clip_eigs
@@ -137,10 +138,8 @@ class S5(SequenceLayer):
         self.log_dt = SSMParam(jax.random.uniform(rngs.params(), (n,), jnp.float32, *log_dt_range))
 
     @staticmethod
-    def _check(d_state, blocks, init, ptd_eps, c_init, disc, dt_min, dt_max, conj_sym):
+    def _check(d_state, blocks, init, c_init, disc, dt_min, dt_max, conj_sym):
         """One-line ValueErrors for inconsistent options."""
-        if d_state < 1 or blocks < 1:
-            raise ValueError(f"S5 d_state and blocks must be >= 1, got {d_state} and {blocks}")
         if d_state % blocks:
             raise ValueError(
                 f"S5 d_state must be divisible by blocks, got d_state={d_state}, blocks={blocks}"
@@ -162,9 +161,7 @@ class S5(SequenceLayer):
                 "S5 init 'ptd' needs conj_sym=False: perturbed HiPPO-LegS has real eigenvalues, "
                 "which have no conjugate partner"
             )
-        if init == "ptd" and not ptd_eps > 0:
-            raise ValueError(f"S5 ptd_eps must be > 0, got {ptd_eps}")
-        check_options("S5", dt_range=(dt_min, dt_max))
+        check_order("S5", dt_min=dt_min, dt_max=dt_max)
 
     @property
     def recurrent(self) -> bool:

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm.layers.base import SequenceLayer, canonical_dtype, check_options
+from ssm.config import PositiveFloat, PositiveInt
+from ssm.layers.base import SequenceLayer, canonical_dtype, check_order
 from ssm.layers.registry import register_layer
 from ssm.ops.conv import LONG_CONV, long_conv
 from ssm.params import SSMParam
@@ -94,25 +95,21 @@ class SGConv(SequenceLayer):
 
     def __init__(
         self,
-        d_model: int,
+        d_model: PositiveInt,
         *,
-        kernel_dim: int = 64,
-        l_max: int = 1024,
+        kernel_dim: PositiveInt = 64,
+        l_max: PositiveInt = 1024,
         decay: Decay = "scale",
-        decay_min: float = 2.0,
-        decay_max: float = 2.0,
+        decay_min: PositiveFloat = 2.0,
+        decay_max: PositiveFloat = 2.0,
         interpolate: Interpolate = "linear",
-        channels: int = 1,
+        channels: PositiveInt = 1,
         bidirectional: bool = False,
         impl: LONG_CONV.impl_type = "auto",
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if kernel_dim < 1 or l_max < 1:
-            raise ValueError(
-                f"SGConv needs kernel_dim >= 1 and l_max >= 1, got {kernel_dim} and {l_max}"
-            )
         for name, value, kind in [
             ("decay", decay, Decay),
             ("interpolate", interpolate, Interpolate),
@@ -120,11 +117,7 @@ class SGConv(SequenceLayer):
             valid = typing.get_args(kind)
             if value not in valid:
                 raise ValueError(f"unknown SGConv {name} {value!r}; valid: {', '.join(valid)}")
-        if not 0 < decay_min <= decay_max:
-            raise ValueError(
-                f"SGConv needs 0 < decay_min <= decay_max, got {decay_min} and {decay_max}"
-            )
-        check_options("SGConv", channels=channels)
+        check_order("SGConv", decay_min=decay_min, decay_max=decay_max)
         LONG_CONV.check(impl, "SGConv impl")
         self.d_model, self.channels = d_model, channels
         self.decay_mode, self.interpolate = decay, interpolate

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssm.config import options_dataclass
+from ssm.config import Fraction, PositiveInt, checks_numbers, options_dataclass
 from ssm.layers.registry import LAYERS
 
 # "gelu" is exact (erf), as in the S4 code; "gelu_tanh" is the tanh approximation.
@@ -106,18 +106,19 @@ class SequenceModel(nnx.Module):
     ``ssm.models.generate`` samples from it.
     """
 
+    @checks_numbers
     def __init__(
         self,
         *,
-        num_classes: int,
-        d_input: int | None = None,
-        vocab_size: int | None = None,
+        num_classes: PositiveInt,
+        d_input: PositiveInt | None = None,
+        vocab_size: PositiveInt | None = None,
         paired: bool = False,
         layer: str = "s4d",
         layer_options: dict | None = None,
-        d_model: int = 128,
-        n_layers: int = 4,
-        dropout: float = 0.1,
+        d_model: PositiveInt = 128,
+        n_layers: PositiveInt = 4,
+        dropout: Fraction = 0.1,
         activation: Literal["gelu", "gelu_tanh", "relu", "silu", "tanh"] = "gelu",
         output: Literal["glu", "linear", "half_glu1", "half_glu2", "none"] = "glu",
         norm: Literal["layer", "batch", "rms"] = "layer",
@@ -128,8 +129,6 @@ class SequenceModel(nnx.Module):
     ):
         if (d_input is None) == (vocab_size is None):
             raise ValueError("SequenceModel needs exactly one of d_input (real) or vocab_size")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         compute = DTYPES[dtype]
         if vocab_size is not None:
             self.encoder = nnx.Embed(vocab_size, d_model, dtype=compute, rngs=rngs)

@@ -10,10 +10,13 @@ from ssm.train.config import (
 )
 from ssm.train.loop import Trainer, TrainingDiverged, evaluate_run, load_model, train
 from ssm.train.optim import make_optimizer, param_labels
+from ssm.train.run_dir import Preempted, RunFolderError
 
 __all__ = [
     "ExperimentConfig",
     "OptimizerConfig",
+    "Preempted",
+    "RunFolderError",
     "SchedulerConfig",
     "Trainer",
     "TrainerConfig",

@@ -1,16 +1,39 @@
-"""Orbax checkpoints of the train state: the latest (for exact resume) and the best."""
+"""Orbax checkpoints of the train state: the last few (for exact resume) and the best."""
 
+import logging
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in a folder could be read."""
+
+
+class NonFiniteState(FloatingPointError):
+    """A state with a NaN or infinite parameter or optimizer leaf was about to be saved."""
+
+
+def non_finite_leaves(state) -> list[str]:
+    """Paths of the floating-point leaves of ``state`` that hold a NaN or an infinity."""
+    bad = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        leaf = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+            bad.append(jax.tree_util.keystr(path))
+    return bad
 
 
 class Checkpoints:
     """Two orbax ``CheckpointManager``s under ``directory``: ``latest/`` and ``best/``.
 
-    Orbax writes each checkpoint to a temporary folder and renames it when complete, so a crash
-    during a save never corrupts an earlier checkpoint.
+    ``latest/`` keeps the last ``keep`` saves, so a damaged newest one falls back to the one
+    before. Orbax writes each checkpoint to a temporary folder and renames it when complete, so
+    a crash during a save never corrupts an earlier checkpoint; a state with a non-finite leaf is
+    never saved (``NonFiniteState``).
     """
 
     def __init__(
@@ -18,13 +41,13 @@ class Checkpoints:
         directory: str | Path,
         best_metric: str = "validation/accuracy",
         best_mode: str = "max",
+        keep: int = 2,
     ):
         directory = Path(directory).absolute()
         self.directory = directory
         self.best_metric, self.best_mode = best_metric, best_mode
-        self.latest = ocp.CheckpointManager(
-            directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=1)
-        )
+        self._latest_options = ocp.CheckpointManagerOptions(max_to_keep=keep)
+        self.latest = self._open_latest()
         self.best = ocp.CheckpointManager(
             directory / "best",
             options=ocp.CheckpointManagerOptions(
@@ -32,10 +55,22 @@ class Checkpoints:
             ),
         )
 
+    def _open_latest(self):
+        return ocp.CheckpointManager(self.directory / "latest", options=self._latest_options)
+
+    @staticmethod
+    def _save(manager, step: int, state, **kwargs):
+        bad = non_finite_leaves(state)
+        if bad:
+            raise NonFiniteState(
+                f"not saving step {step}: {len(bad)} leaves are not finite (first: {bad[0]})"
+            )
+        manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
+        manager.wait_until_finished()
+
     def save_latest(self, step: int, state):
         if self.latest.latest_step() != step:
-            self.latest.save(step, args=ocp.args.StandardSave(state))
-            self.latest.wait_until_finished()
+            self._save(self.latest, step, state)
 
     def save_if_best(self, step: int, state, metrics: dict[str, float]) -> bool:
         """Save ``state`` as the best if ``metrics[best_metric]`` beats the kept one."""
@@ -46,8 +81,7 @@ class Checkpoints:
             worst = float("-inf") if self.best_mode == "max" else float("inf")
             if sign * metrics[self.best_metric] <= sign * kept.get(self.best_metric, worst):
                 return False
-        self.best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
-        self.best.wait_until_finished()
+        self._save(self.best, step, state, metrics=metrics, force=True)
         return True
 
     @staticmethod
@@ -56,13 +90,34 @@ class Checkpoints:
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def restore_latest(self, like=None):
-        """(step, state) of the latest checkpoint, or None if there is none.
+        """(step, state) of the newest readable checkpoint, or None if there is none.
 
-        With ``like`` (a pytree of arrays) the state is restored into its structure and dtypes;
+        A checkpoint that fails to restore (truncated or missing files) is skipped, with a
+        one-line warning (logger ``ssm``) naming it and the error, for the one before. With
+        ``like`` (a pytree of arrays) the state is restored into its structure and dtypes;
         without it, as orbax stored it (dict keys as strings).
         """
-        step = self.latest.latest_step()
-        return None if step is None else (step, self._restore(self.latest, step, like))
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                return step, self._restore(self.latest, step, like)
+            except Exception as error:  # noqa: BLE001 - any damage means: try the one before
+                reason = " ".join(str(error).split())[:200] or type(error).__name__
+                after = "no earlier checkpoint"
+                if i + 1 < len(steps):
+                    after = f"falling back to step {steps[i + 1]}"
+                self.latest.close()  # a failed restore can leave the manager confused
+                self.latest = self._open_latest()
+                logging.getLogger("ssm").warning(
+                    f"checkpoint step {step} in {self.latest.directory} is damaged "
+                    f"({type(error).__name__}: {reason}); {after}"
+                )
+        if steps:
+            raise CheckpointError(
+                f"no readable checkpoint in {self.latest.directory} (tried steps "
+                f"{', '.join(map(str, steps))}); start a new run or set trainer.overwrite=true"
+            )
+        return None
 
     def restore_best(self, like=None):
         step = self.best.best_step()

@@ -5,9 +5,18 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from ssm.config import ConfigError, from_mapping
+from ssm.config import (
+    ConfigError,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    from_mapping,
+)
 from ssm.data.registry import DATASETS, dataset_options_class
 from ssm.layers.registry import LAYERS, layer_options_class
 from ssm.models.sequence import ModelOptions
@@ -18,12 +27,12 @@ from ssm.train.objectives import Objective
 class OptimizerConfig:
     """AdamW for regular parameters; Adam at ``ssm_lr`` with no weight decay for SSM parameters."""
 
-    lr: float = 1e-2
-    ssm_lr: float = 1e-3
-    weight_decay: float = 0.01
-    b1: float = 0.9
-    b2: float = 0.999
-    grad_clip: float | None = None
+    lr: NonNegativeFloat = 1e-2
+    ssm_lr: NonNegativeFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.01
+    b1: Fraction = 0.9
+    b2: Fraction = 0.999
+    grad_clip: PositiveFloat | None = None
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,8 @@ class SchedulerConfig:
     """Learning-rate schedule applied to both groups: linear warmup, then constant/cosine/linear."""
 
     name: Literal["constant", "cosine", "linear"] = "cosine"
-    warmup_steps: int = 0
-    end_ratio: float = 0.0
+    warmup_steps: NonNegativeInt = 0
+    end_ratio: Annotated[float, Range(0, 1)] = 0.0
 
 
 @dataclass(frozen=True)
@@ -45,25 +54,40 @@ class TrainerConfig:
     ``sample_every``: causal_lm only, steps between samples of the model (a greedy and a
     temperature-1 continuation of ``sample_length`` tokens after the start of the first
     validation example) appended to ``samples.jsonl`` and printed.
+    ``overwrite``: a fresh run may replace the run an ``output_dir`` holds (else it stops).
+    ``keep_checkpoints``: latest checkpoints kept (a damaged newest falls back to the previous).
+    ``grad_accum``: micro-batches per step (the batch's gradient, in ``grad_accum`` passes).
+    ``devices``: devices the batch is split over (None: all); ``fsdp``: split the parameters
+    and optimizer state too; ``distributed``: start the multi-host runtime
+    (``jax.distributed.initialize``). See ``ssm.train.parallel``.
+    ``seeds``: train one run per seed at once (one vmapped step), each in
+    ``output_dir/seed_<s>``; ``seed`` is then unused.
     """
 
     objective: Objective = "classify"
-    mask_rate: float = 0.15
+    mask_rate: Annotated[float, Range(0, 1, min_open=True, max_open=True)] = 0.15
     init_from: str | None = None
-    seed: int = 0
-    batch_size: int = 64
-    eval_batch_size: int | None = None
-    epochs: int = 10
-    max_steps: int | None = None
+    seed: NonNegativeInt = 0
+    batch_size: PositiveInt = 64
+    eval_batch_size: PositiveInt | None = None
+    epochs: PositiveInt = 10
+    max_steps: PositiveInt | None = None
     output_dir: str = "outputs/run"
     resume: bool = False
-    checkpoint_every: int | None = None
-    eval_every: int | None = None
-    sample_every: int | None = None
-    sample_length: int = 64
-    log_every: int = 20
+    checkpoint_every: PositiveInt | None = None
+    eval_every: PositiveInt | None = None
+    sample_every: PositiveInt | None = None
+    sample_length: PositiveInt = 64
+    log_every: PositiveInt = 20
     progress: bool = True
     tensorboard: bool = True
+    overwrite: bool = False
+    keep_checkpoints: PositiveInt = 2
+    grad_accum: PositiveInt = 1
+    devices: PositiveInt | None = None
+    fsdp: bool = False
+    distributed: bool = False
+    seeds: tuple[NonNegativeInt, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The training loop as a library: ``train(config)`` runs, evaluates, checkpoints and resumes."""
 
 import dataclasses
+import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,17 @@ from ssm.train.objectives import (
     unigram_bits,
 )
 from ssm.train.optim import make_optimizer, param_labels
+from ssm.train.parallel import (
+    batch_sharding,
+    check_batch,
+    global_batch,
+    host_shard,
+    initialize,
+    make_mesh,
+    replicated,
+    state_shardings,
+)
+from ssm.train.run_dir import Preempted, RunFolder, config_record, preemption, quiet_logs
 
 MASK_KEY = 0x6D61736B  # folded into a step's key for masked_lm's masking (dropout keeps its own)
 
@@ -102,6 +115,12 @@ def zero_window() -> dict:
     return {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every floating-point leaf of ``tree`` is finite: a () bool array."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def pad_batch(batch: dict, size: int) -> dict:
     """Pad a short eval batch to ``size`` examples (weight 0) so one compiled step serves all."""
     n = batch["inputs"].shape[0]
@@ -127,19 +146,29 @@ class Trainer:
                 f"dataset {spec.name!r} has no labels to classify; "
                 "use trainer.objective=causal_lm or masked_lm"
             )
-        if not 0.0 < tc.mask_rate < 1.0:
-            raise ConfigError(f"trainer.mask_rate must be in (0, 1), got {tc.mask_rate}")
+        train_examples = len(self.dataset.source("train"))
+        if tc.batch_size > train_examples:
+            raise ConfigError(
+                f"trainer.batch_size={tc.batch_size} is larger than the training split "
+                f"({train_examples} examples)"
+            )
+        self.eval_batch_size = tc.eval_batch_size or tc.batch_size
+        self.mesh = make_mesh(tc.devices)
+        check_batch(self.mesh, batch_size=tc.batch_size, eval_batch_size=self.eval_batch_size)
+        if tc.batch_size % tc.grad_accum or (tc.batch_size // tc.grad_accum) % self.mesh.size:
+            raise ConfigError(
+                f"trainer.grad_accum={tc.grad_accum} does not split trainer.batch_size="
+                f"{tc.batch_size} into micro-batches that split over {self.mesh.size} devices"
+            )
         # Every batch is padded to the dataset's length: one compiled step for all of them.
         self.train_loader = Loader(
-            self.dataset.source("train"), tc.batch_size, seed=tc.seed, pad_to=spec.seq_len
+            self.dataset.source("train"),
+            tc.batch_size,
+            seed=tc.seed,
+            pad_to=spec.seq_len,
+            shard=host_shard(),
         )
-        self.eval_batch_size = tc.eval_batch_size or tc.batch_size
         steps_per_epoch = self.train_loader.steps_per_epoch
-        if steps_per_epoch == 0:
-            raise ValueError(
-                f"trainer.batch_size={tc.batch_size} is larger than the training split "
-                f"({len(self.dataset.source('train'))} examples)"
-            )
         self.total_steps = tc.max_steps if tc.max_steps is not None else tc.epochs * steps_per_epoch
         model = build_model(config, spec, tc.seed)
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -149,16 +178,40 @@ class Trainer:
         params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
         if tc.init_from is not None:
             params = backbone_from(tc.init_from, params)
-        self.initial_state = {
+        state = {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
             "rest": rest,
             "opt_state": self.tx.init(params),
             "key": jax.random.key_data(jax.random.key(tc.seed)),
             "window": zero_window(),
+            "diverged_at": jnp.zeros((), jnp.int32),
         }
-        self.train_step = jax.jit(self._train_step, donate_argnums=0)
-        self.eval_step = jax.jit(self._eval_step)
+        # Batches split over the mesh; the state replicated (or FSDP-split): see parallel.py.
+        self.shardings = state_shardings(state, self.mesh, tc.fsdp)
+        self.initial_state = jax.device_put(state, self.shardings)
+        self.batch_sharding, everywhere = batch_sharding(self.mesh), replicated(self.mesh)
+        self.train_step = jax.jit(
+            self._train_step,
+            in_shardings=(self.shardings, self.batch_sharding),
+            out_shardings=(self.shardings, everywhere),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            self._eval_step,
+            in_shardings=(
+                self.shardings["params"],
+                self.shardings["rest"],
+                self.batch_sharding,
+                everywhere,
+            ),
+            out_shardings=everywhere,
+        )
+
+    def put(self, batch: dict, *, local: bool = True) -> dict:
+        """A batch as global arrays split over the mesh: from this host's rows (``local``, as
+        the train loader gives them) or from the whole batch, which every host holds."""
+        return global_batch(batch, self.batch_sharding, local=local)
 
     def _targets(self, batch, key):
         """(model inputs, per-example or per-position labels, scored positions) of a batch."""
@@ -180,29 +233,56 @@ class Trainer:
         logits = model(inputs, mask, train=train, key=key)
         return logits, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
 
+    def _gradients(self, params, rest, batch, key):
+        """(summed gradients of the loss over the scored examples or positions, new
+        non-parameter state, summed stats) of a batch, over ``trainer.grad_accum`` micro-batches
+        (rows ``j::grad_accum`` each, so every device keeps its share) run one after another."""
+        k = self.config.trainer.grad_accum
+
+        def micro_step(carry, micro):
+            rest, grads_sum, stats_sum, index = carry
+            micro_key = key if k == 1 else jax.random.fold_in(key, index)
+            inputs, labels, positions = self._targets(micro, micro_key)
+            weights = jnp.ones(inputs.shape[:1], jnp.float32)
+
+            def loss_fn(params):
+                logits, new_rest = self._apply(
+                    params, rest, inputs, micro["mask"], train=True, key=micro_key
+                )
+                stats = loss_and_metrics(logits, labels, positions, weights)[1]
+                return stats["loss_sum"], (new_rest, stats)
+
+            (_, (rest, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            add = functools.partial(jax.tree.map, jnp.add)
+            return (rest, add(grads_sum, grads), add(stats_sum, stats), index + 1), None
+
+        micros = jax.tree.map(
+            lambda x: jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0), batch
+        )
+        zeros = (jax.tree.map(jnp.zeros_like, params), zero_window())
+        carry = (rest, *zeros, jnp.zeros((), jnp.int32))
+        (rest, grads, stats, _), _ = jax.lax.scan(micro_step, carry, micros)
+        return grads, rest, stats
+
     def _train_step(self, state, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
-        weights = jnp.ones(batch["inputs"].shape[:1], jnp.float32)
-        inputs, labels, positions = self._targets(batch, key)
-
-        def loss_fn(params):
-            logits, rest = self._apply(
-                params, state["rest"], inputs, batch["mask"], train=True, key=key
-            )
-            loss, stats = loss_and_metrics(logits, labels, positions, weights)
-            return loss, (rest, stats)
-
-        (loss, (rest, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        grads, rest, stats = self._gradients(state["params"], state["rest"], batch, key)
+        count = jnp.maximum(stats["count"], 1.0)
+        loss = stats["loss_sum"] / count
+        grads = jax.tree.map(lambda g: g / count, grads)  # of the mean loss
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         window = jax.tree.map(jnp.add, state["window"], stats)
+        step = state["step"] + 1
+        first_bad = (state["diverged_at"] == 0) & ~all_finite((loss, params, opt_state))
         new_state = dict(
             state,
-            step=state["step"] + 1,
+            step=step,
             params=params,
             rest=rest,
             opt_state=opt_state,
             window=window,
+            diverged_at=jnp.where(first_bad, step, state["diverged_at"]),
         )
         return new_state, stats
 
@@ -271,7 +351,7 @@ class Trainer:
             stats = self.eval_step(
                 state["params"],
                 state["rest"],
-                pad_batch(batch, self.eval_batch_size),
+                self.put(pad_batch(batch, self.eval_batch_size), local=False),
                 jax.random.fold_in(base, index),
             )
             for k in totals:
@@ -349,14 +429,17 @@ def backbone_from(run_dir, params: dict) -> dict:
     return out
 
 
-def check_finite(loss: float, step: int, checkpoints: Checkpoints):
-    """Raise TrainingDiverged naming the last good checkpoint if ``loss`` is NaN or infinite."""
-    if np.isfinite(loss):
+def check_diverged(state, checkpoints: Checkpoints):
+    """Raise TrainingDiverged naming the last (finite) checkpoint if a step of ``state`` had a
+    non-finite loss, parameter or optimizer value."""
+    at = int(state["diverged_at"])
+    if at == 0:
         return
     last = checkpoints.latest.latest_step()
     kept = "no checkpoint yet" if last is None else f"last good checkpoint: step {last}"
     raise TrainingDiverged(
-        f"loss became {loss} at step {step}; stopped ({kept} in {checkpoints.directory})"
+        f"training diverged at step {at} (a NaN or infinite loss, parameter or optimizer "
+        f"value); stopped ({kept} in {checkpoints.directory})"
     )
 
 
@@ -364,74 +447,228 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
     """Train, evaluating every epoch; return the final metrics (test at the best validation).
 
     With ``trainer.resume`` the run continues from the latest checkpoint in ``output_dir``
-    exactly: same step, data order, dropout keys and logged metrics. ``on_step(step)`` is called
-    after each step.
+    exactly: same step, data order, dropout keys and logged metrics. The folder's bookkeeping
+    (lock, fresh/overwrite/resume checks) is ``ssm.train.run_dir``'s. SIGTERM or SIGINT saves a
+    checkpoint at the next step boundary and raises ``Preempted``. ``on_step(step)`` is called
+    after each step. With ``trainer.seeds`` one vmapped step trains a run per seed, each in
+    ``output_dir/seed_<s>`` as if alone; the results are their mean and std (``_std``).
     """
     tc = config.trainer
+    quiet_logs()
+    initialize(tc.distributed)
     out = Path(tc.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
-    trainer = Trainer(config)
-    best = ("validation/loss", "min") if trainer.language_model else ("validation/accuracy", "max")
-    checkpoints = Checkpoints(out / "checkpoints", *best)
-    baseline = trainer.unigram_baseline() if tc.objective == "causal_lm" else {}
-    if baseline:
-        unit = "byte" if trainer.dataset.spec.byte_level else "token"
-        print(f"unigram baseline: {next(iter(baseline.values())):.4f} bits per {unit}", flush=True)
-    state = trainer.initial_state
-    restored = checkpoints.restore_latest(state) if tc.resume else None
-    if restored is not None:
-        state = restored[1]
-        print(f"resumed from step {restored[0]} in {checkpoints.directory}", flush=True)
-    step = int(state["step"])
-    total, per_epoch = trainer.total_steps, trainer.train_loader.steps_per_epoch
-    metrics = MetricsWriter(
-        out, tensorboard=tc.tensorboard, resume_step=step if tc.resume else None
-    )
-    bar = tqdm(total=total, initial=step, disable=not tc.progress, desc="train")
-    last_validation = (None, {})  # (step, metrics) of the latest validation
-    try:
-        while step < total:
-            epoch, start = divmod(step, per_epoch)
-            for batch in trainer.train_loader.batches(epoch, start):
-                state, stats = trainer.train_step(state, batch)
-                step += 1
-                loss = float(stats["loss_sum"] / max(float(stats["count"]), 1.0))
-                check_finite(loss, step, checkpoints)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                if step % tc.log_every == 0 or step == total:
-                    window = jax.device_get(state["window"])
-                    metrics.write(step, trainer.summary(window, "train"), echo=not tc.progress)
-                    state = dict(state, window=zero_window())
-                if tc.objective == "causal_lm" and tc.sample_every and step % tc.sample_every == 0:
-                    write_sample(out, trainer.samples(state, step, tc.sample_length))
-                if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-                    checkpoints.save_latest(step, state)
-                if on_step is not None:
-                    on_step(step)
-                if step % (tc.eval_every or per_epoch) == 0 or step == total:
-                    val = trainer.evaluate(state, "validation")
-                    last_validation = (step, val)
-                    metrics.write(step, {"epoch": step / per_epoch, **val})
-                    checkpoints.save_if_best(step, state, val)
-                    checkpoints.save_latest(step, state)
-                if step == total:
-                    break
-        best_step, best_state = checkpoints.restore_best(state) or (step, state)
+    with (
+        RunFolder(out, config, resume=tc.resume, overwrite=tc.overwrite) as folder,
+        preemption() as signals,
+    ):
+        if tc.seeds is None:
+            members = [_Member(Trainer(config), folder)]
+        else:
+            members = [_Member(Trainer(seed_config(config, seed)), folder) for seed in tc.seeds]
+            for member in members[1:]:  # one compiled evaluation for all seeds
+                member.trainer.eval_step = members[0].trainer.eval_step
+        first = members[0].trainer
+        bar = tqdm(total=first.total_steps, disable=not tc.progress, desc="train")
+        try:
+            baseline = first.unigram_baseline() if tc.objective == "causal_lm" else {}
+            if baseline:
+                unit = "byte" if first.dataset.spec.byte_level else "token"
+                value = next(iter(baseline.values()))
+                print(f"unigram baseline: {value:.4f} bits per {unit}", flush=True)
+            states = [member.start() for member in members]
+            step = int(states[0]["step"])
+            bar.update(step)
+            steps = _Steps(members, states)
+            state = _run(steps, step, bar, signals, on_step)
+            results = [
+                m.results(steps.member_state(state, i), baseline) for i, m in enumerate(members)
+            ]
+            if tc.seeds is None:
+                return results[0]
+            summary = seed_summary(tc.seeds, results)
+            write_atomically(out / "results.json", json.dumps(summary, indent=2))
+            return summary
+        finally:
+            bar.close()
+            for member in members:
+                member.close()
+
+
+def seed_config(config: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """The config of one seed of a ``trainer.seeds`` run: its own seed and folder."""
+    out = Path(config.trainer.output_dir) / f"seed_{seed}"
+    trainer = dataclasses.replace(config.trainer, seed=seed, seeds=None, output_dir=str(out))
+    return dataclasses.replace(config, trainer=trainer)
+
+
+def seed_summary(seeds, results: list[dict]) -> dict:
+    """Mean and sample std over seeds of every metric, and each seed's results."""
+    summary = {"seeds": list(seeds), "step": results[0]["step"]}
+    summary["best_step"] = [r["best_step"] for r in results]
+    for key in results[0]:
+        if "/" in key:
+            values = np.array([r[key] for r in results])
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            summary[key], summary[f"{key}_std"] = float(values.mean()), std
+    summary["per_seed"] = {str(seed): r for seed, r in zip(seeds, results, strict=True)}
+    return summary
+
+
+class _Member:
+    """One run inside ``train()``: its trainer, checkpoints, metrics file and folder."""
+
+    def __init__(self, trainer: Trainer, folder: RunFolder):
+        self.trainer, self.folder = trainer, folder
+        self.tc = tc = trainer.config.trainer
+        self.out = Path(tc.output_dir)
+        best = "validation/loss" if trainer.language_model else "validation/accuracy"
+        mode = "min" if trainer.language_model else "max"
+        self.checkpoints = Checkpoints(self.out / "checkpoints", best, mode, tc.keep_checkpoints)
+        self.metrics = None
+
+    def start(self):
+        """The state to train from: the latest checkpoint on resume, else the initial state
+        (saved as step 0, a finite start to come back to)."""
+        state = self.trainer.initial_state
+        restored = self.checkpoints.restore_latest(state) if self.tc.resume else None
+        if restored is not None:
+            state = restored[1]
+            self.folder.record_resume(restored[0])
+            print(f"resumed from step {restored[0]} in {self.checkpoints.directory}", flush=True)
+        elif self.out != self.folder.path:  # a seed's own folder
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_atomically(
+                self.out / "config.json", json.dumps(config_record(self.trainer.config))
+            )
+        step = int(state["step"])
+        if restored is None:
+            self.checkpoints.save_latest(step, state)
+        self.metrics = MetricsWriter(
+            self.out, tensorboard=self.tc.tensorboard, resume_step=step if self.tc.resume else None
+        )
+        return state
+
+    def save(self, step, state):
+        check_diverged(state, self.checkpoints)
+        self.checkpoints.save_latest(step, state)
+
+    def log(self, step: int, state, bar):
+        """Write the training metrics summed since the last log line."""
+        check_diverged(state, self.checkpoints)
+        window = self.trainer.summary(jax.device_get(state["window"]), "train")
+        bar.set_postfix(loss=f"{window['train/loss']:.4f}")
+        self.metrics.write(step, window, echo=not self.tc.progress)
+
+    def after_step(self, step: int, state_of: Callable[[], dict]):
+        """Sample, checkpoint and validate as due at ``step``; ``state_of()`` gives the state
+        (taken only when needed)."""
+        tc, trainer = self.tc, self.trainer
+        total, per_epoch = trainer.total_steps, trainer.train_loader.steps_per_epoch
+        if tc.objective == "causal_lm" and tc.sample_every and step % tc.sample_every == 0:
+            state = state_of()
+            check_diverged(state, self.checkpoints)
+            write_sample(self.out, trainer.samples(state, step, tc.sample_length))
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+            self.save(step, state_of())
+        if step % (tc.eval_every or per_epoch) == 0 or step == total:
+            state = state_of()
+            check_diverged(state, self.checkpoints)
+            val = trainer.evaluate(state, "validation")
+            self.last_validation = (step, val)
+            self.metrics.write(step, {"epoch": step / per_epoch, **val})
+            self.checkpoints.save_if_best(step, state, val)
+            self.save(step, state)
+
+    def results(self, state, baseline) -> dict:
+        """Validation and test metrics of the best checkpoint, written to ``results.json``."""
+        trainer, step = self.trainer, int(state["step"])
+        best_step, best_state = self.checkpoints.restore_best(state) or (step, state)
         results = {"step": step, "best_step": best_step, **baseline}
-        if last_validation[0] == best_step:  # the best is the state just evaluated
-            results.update(last_validation[1])
+        last_step, last = getattr(self, "last_validation", (None, {}))
+        if last_step == best_step:  # the best is the state just evaluated
+            results.update(last)
         else:
             results.update(trainer.evaluate(best_state, "validation"))
         results.update(trainer.evaluate(best_state, "test"))
-        metrics.write(step, {k: v for k, v in results.items() if "/" in k}, echo=False)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        self.metrics.write(step, {k: v for k, v in results.items() if "/" in k}, echo=False)
+        write_atomically(self.out / "results.json", json.dumps(results, indent=2))
         return results
-    finally:
-        bar.close()
-        metrics.close()
-        checkpoints.close()
+
+    def close(self):
+        if self.metrics is not None:
+            self.metrics.close()
+        self.checkpoints.close()
+
+
+class _Steps:
+    """The train step of one run, or of several seeds at once (states and batches stacked on a
+    leading seed axis, one ``jax.vmap``-ed step)."""
+
+    def __init__(self, members: list[_Member], states: list[dict]):
+        self.members = members
+        first = members[0].trainer
+        if len(members) == 1:
+            self.state, self.step = states[0], first.train_step
+            return
+        if first.mesh.size > 1:
+            raise ConfigError("trainer.seeds trains on one device: set trainer.devices=1")
+        self.state = jax.tree.map(lambda *x: jnp.stack(x), *states)
+        self.step = jax.jit(jax.vmap(first._train_step), donate_argnums=0)
+
+    def batches(self, epoch: int, start: int):
+        """This epoch's batches from ``start``: one run's, or every seed's stacked."""
+        loaders = [m.trainer.train_loader.batches(epoch, start) for m in self.members]
+        if len(loaders) == 1:
+            yield from map(self.members[0].trainer.put, loaders[0])
+            return
+        for batches in zip(*loaders, strict=True):
+            yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+    def member_state(self, state, index: int):
+        if len(self.members) == 1:
+            return state
+        return jax.tree.map(lambda x: x[index], state)
+
+
+def _run(steps: _Steps, step: int, bar, signals, on_step) -> dict:
+    """Train every member from ``step`` to the end; the final (possibly stacked) state."""
+    first = steps.members[0].trainer
+    total, per_epoch = first.total_steps, first.train_loader.steps_per_epoch
+    log_every = first.config.trainer.log_every
+    state = steps.state
+    while step < total:
+        epoch, start = divmod(step, per_epoch)
+        for batch in steps.batches(epoch, start):
+            state, _ = steps.step(state, batch)
+            step += 1
+            bar.update(1)
+            if step % log_every == 0 or step == total:
+                for i, member in enumerate(steps.members):
+                    member.log(step, steps.member_state(state, i), bar)
+                state = dict(state, window=jax.tree.map(jnp.zeros_like, state["window"]))
+            for i, member in enumerate(steps.members):
+                member.after_step(step, functools.partial(steps.member_state, state, i))
+            if on_step is not None:
+                on_step(step)
+            if signals["signal"] is not None and step < total:
+                for i, member in enumerate(steps.members):
+                    member.save(step, steps.member_state(state, i))
+                out = steps.members[0].folder.path
+                raise Preempted(
+                    f"{signals['signal']} at step {step}: checkpoint saved in "
+                    f"{steps.members[0].checkpoints.directory}; continue with trainer.resume=true "
+                    f"trainer.output_dir={out} (or the same hydra.run.dir)"
+                )
+            if step == total:
+                break
+    return state
+
+
+def write_atomically(path: Path, text: str):
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def restore_run(output_dir, checkpoint: str = "best", **dataset_overrides):

@@ -145,3 +145,21 @@ def test_loader_pads_pairs_and_per_position_labels_along_their_position_axis():
     batch = next(Loader(tagged, 2, seed=0, shuffle=False).batches(0))
     assert batch["label"].shape == batch["label_mask"].shape == (2, 4)
     np.testing.assert_array_equal(batch["label_mask"].sum(axis=1), [3, 4])
+
+
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_host_shards_hold_the_rows_of_each_global_batch_between_them(hosts):
+    whole = Loader(numbered_source(50), 8, seed=3)
+    shards = [Loader(numbered_source(50), 8, seed=3, shard=(i, hosts)) for i in range(hosts)]
+    assert all(s.steps_per_epoch == whole.steps_per_epoch == 6 for s in shards)
+    for epoch, start in ((0, 0), (1, 2)):
+        parts = [epoch_labels(s, epoch, start) for s in shards]
+        for step, batch in enumerate(epoch_labels(whole, epoch, start)):
+            rows = [part[step] for part in parts]
+            assert all(len(r) == 8 // hosts for r in rows)
+            assert sorted(sum(rows, [])) == sorted(batch)
+
+
+def test_a_batch_that_does_not_split_over_the_hosts_is_refused():
+    with pytest.raises(ValueError, match="batch_size 6 does not split over 4 hosts"):
+        Loader(numbered_source(50), 6, seed=0, shard=(0, 4))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from ssm.config import ConfigError
-from ssm.data import Loader, dataset_options_class, get_dataset
+from ssm.data import DATASETS, Loader, dataset_options_class, get_dataset
 
 TASKS = ("copying", "selective_copying", "induction_heads", "mqar", "adding")
 SPLITS = ("train", "validation", "test")
@@ -201,19 +201,26 @@ def test_adding_label_is_the_bin_of_the_sum_of_the_two_marked_values():
     "task, options, message",
     [
         ("selective_copying", dict(seq_len=20, num_tokens=16), "seq_len=20 must be at least 2 "),
-        ("copying", dict(num_tokens=0), "num_tokens must be positive, got 0"),
-        ("induction_heads", dict(eval_seq_len=2), "eval_seq_len must be at least 3, got 2"),
+        ("copying", dict(num_tokens=0), "num_tokens=0 is not valid; valid: an integer >= 1"),
+        (
+            "induction_heads",
+            dict(eval_seq_len=2),
+            "eval_seq_len=2 is not valid; valid: an integer >= 3",
+        ),
         ("mqar", dict(seq_len=32, num_kv_pairs=16), "seq_len=32 must be at least 4 "),
         ("mqar", dict(vocab_size=20), "vocab_size=20 must be at least 2 \\* num_kv_pairs=32"),
-        ("mqar", dict(power_a=0.0), "power_a must be in \\(0, 1\\], got 0.0"),
-        ("adding", dict(num_bins=1), "num_bins must be at least 2, got 1"),
-        ("adding", dict(num_val=0), "num_val must be at least 1, got 0"),
-        ("copying", dict(seed=-1), "seed must be non-negative, got -1"),
+        ("mqar", dict(power_a=0.0), "power_a=0.0 is not valid; valid: a number in \\(0, 1\\]"),
+        ("adding", dict(num_bins=1), "num_bins=1 is not valid; valid: an integer >= 2"),
+        ("adding", dict(num_val=0), "num_val=0 is not valid; valid: an integer >= 1"),
+        ("copying", dict(seed=-1), "seed=-1 is not valid; valid: an integer >= 0"),
     ],
 )
 def test_synthetic_invalid_options_fail_with_one_line_saying_what_is_valid(task, options, message):
-    with pytest.raises(ValueError, match=f"{task}: {message}"):
+    with pytest.raises(ValueError, match=message) as error:
         get_dataset(task, **options)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match=message):  # called as a library, without a config
+        DATASETS.get(task)(**options)
 
 
 def test_synthetic_unknown_or_mistyped_option_is_a_config_error():

@@ -96,6 +96,14 @@ def test_cli_bad_value_prints_one_error_line_and_fails():
     )
 
 
+def test_cli_out_of_range_number_prints_one_error_line_and_exits_1(tmp_path):
+    result = run_cli("trainer.batch_size=-3", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: trainer.batch_size=-3 is not valid; valid: an integer >= 1"
+    )
+
+
 def test_cli_unknown_layer_lists_the_available_layers():
     result = run_cli("layer=lstm")
     assert result.returncode != 0

@@ -150,9 +150,9 @@ def test_dss_softmax_has_no_recurrent_state_and_says_why():
     "kwargs, message",
     [
         (dict(kernel="fft"), "unknown DSS kernel 'fft'; valid: exp, softmax"),
-        (dict(d_state=7), "even integer"),
+        (dict(d_state=7), "DSS d_state=7 is not valid; valid: an integer >= 2 divisible by 2"),
         (dict(dt_min=0.2, dt_max=0.1), "dt_min <= dt_max"),
-        (dict(channels=0), "channels must be >= 1"),
+        (dict(channels=0), "channels=0 is not valid; valid: an integer >= 1"),
         (dict(init="hippo"), "valid: legs, lin, inv, real"),
         (dict(impl="nope"), "unknown DSS impl 'nope'; valid: auto"),
     ],

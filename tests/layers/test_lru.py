@@ -111,12 +111,12 @@ def test_lru_impl_selects_the_linear_scan_implementation(impl):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(r_min=0.9, r_max=0.9), r"0 <= r_min < r_max < 1, got r_min=0.9, r_max=0.9"),
-        (dict(r_min=0.95, r_max=0.9), r"0 <= r_min < r_max < 1"),
-        (dict(r_max=1.0), r"0 <= r_min < r_max < 1"),
-        (dict(r_min=-0.1), r"0 <= r_min < r_max < 1"),
-        (dict(d_state=0), r"d_state must be >= 1, got 0"),
-        (dict(max_phase=0.0), r"max_phase must be > 0"),
+        (dict(r_min=0.9, r_max=0.9), r"LRU needs r_min < r_max, got r_min=0.9, r_max=0.9"),
+        (dict(r_min=0.95, r_max=0.9), r"LRU needs r_min < r_max"),
+        (dict(r_max=1.0), r"r_max=1.0 is not valid; valid: a number in \[0, 1\)"),
+        (dict(r_min=-0.1), r"r_min=-0.1 is not valid; valid: a number in \[0, 1\)"),
+        (dict(d_state=0), r"LRU d_state=0 is not valid; valid: an integer >= 1"),
+        (dict(max_phase=0.0), r"max_phase=0.0 is not valid; valid: a number > 0"),
         (dict(impl="nope"), r"unknown LRU impl 'nope'; valid: auto, associative"),
     ],
 )

@@ -94,9 +94,9 @@ def test_mamba_init_follows_the_paper():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (dict(d_state=0), "d_state must be >= 1"),
-        (dict(dt_rank=0), "dt_rank must be >= 1"),
-        (dict(dt_min=0.2, dt_max=0.1), "0 < dt_min <= dt_max"),
+        (dict(d_state=0), "Mamba d_state=0 is not valid; valid: an integer >= 1"),
+        (dict(dt_rank=0), "dt_rank=0 is not valid; valid: an integer >= 1 or null"),
+        (dict(dt_min=0.2, dt_max=0.1), "Mamba needs dt_min <= dt_max"),
     ],
 )
 def test_mamba_rejects_bad_options(options, message):

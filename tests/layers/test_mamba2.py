@@ -139,13 +139,17 @@ def test_mamba2_dt_init_floor_clamps_the_initial_dt():
     [
         (dict(headdim=5), r"headdim=5 must divide d_inner = expand \* d_model = 12"),
         (dict(headdim=3, ngroups=3), "ngroups=3 must divide nheads = d_inner / headdim = 4"),
-        (dict(d_state=0), "d_state must be >= 1"),
-        (dict(headdim=3, chunk_size=0), "chunk_size must be >= 1"),
+        (dict(d_state=0), "Mamba2 d_state=0 is not valid; valid: an integer >= 1"),
+        (dict(headdim=3, chunk_size=0), "chunk_size=0 is not valid; valid: an integer >= 1"),
         (
             dict(headdim=3, A_init_range=(0.0, 16.0)),
-            "A_init_range \\(low, high\\) with 0 < low <= high",
+            r"A_init_range\[0\]=0.0 is not valid; valid: a number > 0",
         ),
-        (dict(headdim=3, dt_min=0.2, dt_max=0.1), "0 < dt_min <= dt_max"),
+        (
+            dict(headdim=3, A_init_range=(16.0, 1.0)),
+            r"A_init_range \(low, high\) with low <= high, got \(16.0, 1.0\)",
+        ),
+        (dict(headdim=3, dt_min=0.2, dt_max=0.1), "Mamba2 needs dt_min <= dt_max"),
         (dict(headdim=3, impl="nope"), "unknown Mamba2 impl 'nope'; valid: auto, chunked"),
         (dict(headdim=3, impl_options={"chunk_size": 8}), "set layer.chunk_size"),
     ],

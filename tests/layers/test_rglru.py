@@ -150,13 +150,13 @@ def test_rglru_gates_are_block_diagonal_per_head():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (dict(lru_width=0), "lru_width must be >= 1 or null"),
-        (dict(num_heads=3), "num_heads must be >= 1 and divide lru_width=8, got 3"),
-        (dict(num_heads=0), "num_heads must be >= 1"),
-        (dict(conv_width=0), "conv_width must be >= 1, got 0"),
-        (dict(min_rad=0.0), "0 < min_rad <= max_rad < 1"),
-        (dict(max_rad=1.0), "0 < min_rad <= max_rad < 1"),
-        (dict(min_rad=0.99, max_rad=0.9), "0 < min_rad <= max_rad < 1"),
+        (dict(lru_width=0), "lru_width=0 is not valid; valid: an integer >= 1 or null"),
+        (dict(num_heads=3), "num_heads must divide lru_width=8, got 3"),
+        (dict(num_heads=0), "num_heads=0 is not valid; valid: an integer >= 1"),
+        (dict(conv_width=0), "conv_width=0 is not valid; valid: an integer >= 1"),
+        (dict(min_rad=0.0), r"min_rad=0.0 is not valid; valid: a number in \(0, 1\)"),
+        (dict(max_rad=1.0), r"max_rad=1.0 is not valid; valid: a number in \(0, 1\)"),
+        (dict(min_rad=0.99, max_rad=0.9), "RGLRU needs min_rad <= max_rad"),
         (dict(impl="nope"), "RGLRU impl 'nope'; valid: auto"),
     ],
 )

@@ -70,9 +70,9 @@ def test_rank_is_at_least_the_measures():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(d_state=7), "S4 d_state must be an even integer >= 2, got 7"),
-        (dict(rank=0), "S4 rank must be >= 1, got 0"),
-        (dict(dt_min=0.5, dt_max=0.1), "S4 needs 0 < dt_min <= dt_max"),
+        (dict(d_state=7), "S4 d_state=7 is not valid; valid: an integer >= 2 divisible by 2"),
+        (dict(rank=0), "S4 rank=0 is not valid; valid: an integer >= 1"),
+        (dict(dt_min=0.5, dt_max=0.1), "S4 needs dt_min <= dt_max, got dt_min=0.5, dt_max=0.1"),
         (dict(real="softplus"), "S4 real='softplus' is not valid; valid: 'exp', 'none'"),
         (dict(impl="fast"), "unknown S4 impl 'fast'; valid: auto, chunked, reference"),
     ],

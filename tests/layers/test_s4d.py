@@ -60,7 +60,7 @@ def test_s4d_starts_from_s4d_init_A_and_B_in_every_channel(init):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(d_state=7), "even integer"),
+        (dict(d_state=7), "S4D d_state=7 is not valid; valid: an integer >= 2 divisible by 2"),
         (dict(dt_min=0.2, dt_max=0.1), "dt_min <= dt_max"),
         (dict(init="hippo"), "valid: legs, lin, inv, real"),
     ],

@@ -164,13 +164,16 @@ def test_s5_init_scales_follow_the_s5_code():
         (dict(d_state=10, blocks=4), "d_state must be divisible by blocks"),
         (dict(d_state=12, blocks=4), "conj_sym needs an even block size"),
         (dict(d_state=5), "conj_sym needs an even block size"),
-        (dict(d_state=0), "d_state and blocks must be >= 1"),
+        (dict(d_state=0), "S5 d_state=0 is not valid; valid: an integer >= 1"),
         (dict(init="ptd"), "init 'ptd' needs conj_sym=False"),
-        (dict(init="ptd", conj_sym=False, ptd_eps=0.0), "ptd_eps must be > 0"),
+        (
+            dict(init="ptd", conj_sym=False, ptd_eps=0.0),
+            "ptd_eps=0.0 is not valid; valid: a number > 0",
+        ),
         (dict(init="legs"), "unknown S5 init 'legs'; valid: hippo_n, ptd"),
         (dict(c_init="normal"), "unknown S5 c_init 'normal'; valid: trunc_standard_normal"),
         (dict(disc="euler"), "unknown S5 disc 'euler'; valid: zoh, bilinear"),
-        (dict(dt_min=0.5, dt_max=0.1), "0 < dt_min <= dt_max"),
+        (dict(dt_min=0.5, dt_max=0.1), "S5 needs dt_min <= dt_max"),
     ],
 )
 def test_s5_rejects_bad_options_in_one_line(options, message):

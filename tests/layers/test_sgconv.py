@@ -134,13 +134,13 @@ def test_sgconv_has_no_recurrent_state_and_says_so_in_one_line():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(kernel_dim=0), "kernel_dim >= 1"),
-        (dict(l_max=0), "l_max >= 1"),
-        (dict(decay_min=3.0, decay_max=2.0), "0 < decay_min <= decay_max"),
-        (dict(decay_min=0.0), "0 < decay_min <= decay_max"),
+        (dict(kernel_dim=0), "SGConv kernel_dim=0 is not valid; valid: an integer >= 1"),
+        (dict(l_max=0), "l_max=0 is not valid; valid: an integer >= 1"),
+        (dict(decay_min=3.0, decay_max=2.0), "SGConv needs decay_min <= decay_max"),
+        (dict(decay_min=0.0), "decay_min=0.0 is not valid; valid: a number > 0"),
         (dict(decay="exp"), "valid: scale, power"),
         (dict(interpolate="cubic"), "valid: linear, nearest"),
-        (dict(channels=0), "channels must be >= 1"),
+        (dict(channels=0), "channels=0 is not valid; valid: an integer >= 1"),
         (dict(impl="nope"), "valid: auto, .*reference"),
     ],
 )

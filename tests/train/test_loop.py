@@ -1,4 +1,11 @@
+import dataclasses
 import json
+import logging
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +13,8 @@ import numpy as np
 import pytest
 
 from ssm.data import DATASETS, Dataset, DatasetSpec
-from ssm.train import Trainer, TrainingDiverged, experiment_config, train
-from ssm.train.checkpoint import Checkpoints
+from ssm.train import Preempted, Trainer, TrainingDiverged, experiment_config, train
+from ssm.train.checkpoint import CheckpointError, Checkpoints, non_finite_leaves
 from ssm.train.metrics import read_metrics
 
 
@@ -40,26 +47,128 @@ class Interrupt(Exception):
     pass
 
 
-def test_interrupted_and_resumed_run_ends_with_identical_parameters(tmp_path):
-    full = train(tiny_config(tmp_path / "full", checkpoint_every=2))
+def crash_at_step_7(step):
+    if step == 7:
+        raise Interrupt
 
-    def crash_at_step_7(step):
-        if step == 7:
-            raise Interrupt
 
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """(folder, results) of an uninterrupted 10-step run checkpointing every 2 steps."""
+    path = tmp_path_factory.mktemp("full")
+    return path, train(tiny_config(path, checkpoint_every=2))
+
+
+@pytest.fixture(scope="module")
+def crashed_run(tmp_path_factory):
+    """The folder of the same run crashed at step 7 (latest checkpoints: steps 5 and 6)."""
+    path = tmp_path_factory.mktemp("crashed")
     with pytest.raises(Interrupt):
-        train(tiny_config(tmp_path / "cut", checkpoint_every=2), on_step=crash_at_step_7)
-    assert final_params(tmp_path / "cut")[0] == 6  # steps 7.. are lost with the crash
-    resumed = train(tiny_config(tmp_path / "cut", checkpoint_every=2, resume=True))
+        train(tiny_config(path, checkpoint_every=2), on_step=crash_at_step_7)
+    return path
 
-    step_full, state_full = final_params(tmp_path / "full")
-    step_cut, state_cut = final_params(tmp_path / "cut")
+
+def assert_resumed_as_uninterrupted(full_run, cut: Path, resumed: dict):
+    """The resumed run in ``cut`` ended bit-identical to ``full_run``: state, results, metrics."""
+    full, results = full_run
+    step_full, state_full = final_params(full)
+    step_cut, state_cut = final_params(cut)
     assert step_full == step_cut == 10
     for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_cut), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert full == resumed
-    # The resumed run's metrics file reads as the uninterrupted one's.
-    assert read_metrics(tmp_path / "full") == read_metrics(tmp_path / "cut")
+    assert results == resumed
+    assert read_metrics(full) == read_metrics(cut)
+
+
+def test_interrupted_and_resumed_run_ends_with_identical_parameters(
+    full_run, crashed_run, tmp_path
+):
+    cut = tmp_path / "cut"
+    shutil.copytree(crashed_run, cut)
+    assert final_params(cut)[0] == 6  # steps 7.. are lost with the crash
+    resumed = train(tiny_config(cut, checkpoint_every=2, resume=True))
+    assert_resumed_as_uninterrupted(full_run, cut, resumed)
+    assert [r["step"] for r in map(json.loads, (cut / "resumes.jsonl").open())] == [6]
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_is_bit_identical(
+    full_run, tmp_path
+):
+    def sigterm_at_step_7(step):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match=r"^SIGTERM at step 7: checkpoint saved in .*resume=true"):
+        train(tiny_config(tmp_path, checkpoint_every=2), on_step=sigterm_at_step_7)
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run's handler is gone again
+    assert final_params(tmp_path)[0] == 7
+    resumed = train(tiny_config(tmp_path, checkpoint_every=2, resume=True))
+    assert_resumed_as_uninterrupted(full_run, tmp_path, resumed)
+
+
+def truncate(path: Path):
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+DAMAGE = {
+    "truncated data": lambda step: truncate(
+        max((step / "default").rglob("d/*"), key=lambda f: f.stat().st_size)
+    ),
+    "truncated _METADATA": lambda step: truncate(step / "default" / "_METADATA"),
+    "deleted _METADATA": lambda step: (step / "default" / "_METADATA").unlink(),
+    "deleted default/": lambda step: shutil.rmtree(step / "default"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_with_a_one_line_warning(
+    full_run, crashed_run, tmp_path, caplog, damage
+):
+    cut = tmp_path / "cut"
+    shutil.copytree(crashed_run, cut)
+    DAMAGE[damage](cut / "checkpoints" / "latest" / "6")
+    with caplog.at_level(logging.WARNING, logger="ssm"):
+        resumed = train(tiny_config(cut, checkpoint_every=2, resume=True))
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "ssm"]
+    assert "checkpoint step 6" in warning and "is damaged" in warning
+    assert warning.endswith("falling back to step 5") and "\n" not in warning
+    assert_resumed_as_uninterrupted(full_run, cut, resumed)
+
+
+def test_no_readable_checkpoint_is_one_clear_error(crashed_run, tmp_path):
+    cut = tmp_path / "cut"
+    shutil.copytree(crashed_run, cut)
+    for step in (5, 6):
+        DAMAGE["deleted default/"](cut / "checkpoints" / "latest" / str(step))
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint in .* \(tried steps 6, 5\)"):
+        train(tiny_config(cut, checkpoint_every=2, resume=True))
+
+
+def test_a_huge_learning_rate_stops_naming_a_finite_checkpoint_that_resumes_at_a_sane_lr(tmp_path):
+    def config(lr, **trainer):
+        raw = dataclasses.asdict(tiny_config(tmp_path, checkpoint_every=1, **trainer))
+        raw = {k: raw[k] for k in ("model", "optimizer", "trainer")}
+        return experiment_config(
+            {
+                **raw,
+                "layer": {"name": "s4d", "d_state": 8},
+                "dataset": {"name": "digits"},
+                "optimizer": {"lr": lr},
+            }
+        )
+
+    with pytest.raises(TrainingDiverged, match=r"last good checkpoint: step \d+") as error:
+        train(config(1e39))
+    named = int(re.search(r"last good checkpoint: step (\d+)", str(error.value)).group(1))
+    step, state = final_params(tmp_path)
+    assert step == named  # 1e39 overflows float32: step 1 is NaN, step 0 is the finite start
+    assert non_finite_leaves(state) == []
+    results = train(config(3e-3, resume=True))
+    assert results["step"] == 10 and np.isfinite(results["test/loss"])
+    (record,) = map(json.loads, (tmp_path / "resumes.jsonl").open())
+    assert record["step"] == named and record["changed"] == {"optimizer.lr": [1e39, 3e-3]}
 
 
 def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
@@ -116,7 +225,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(Trainer, "_train_step", step_with_nan_inputs_from_step_4)
     with pytest.raises(
-        TrainingDiverged, match=r"loss became nan at step 4; stopped \(last good checkpoint: step 3"
+        TrainingDiverged, match=r"diverged at step 4 .*; stopped \(last good checkpoint: step 3"
     ):
         train(tiny_config(tmp_path, checkpoint_every=1))
     step, state = final_params(tmp_path)
