@@ -1,4 +1,5 @@
-"""Byte-level text corpus for language modelling: a folder (or file) of text read as raw bytes.
+"""Byte-level text corpora for language modelling: ``bytes`` (a local folder or file), ``enwik8``
+and ``wikitext103`` (downloaded releases), each read as raw bytes.
 
 Token = byte value (vocabulary 256, no shift); the spec is ``byte_level`` so language-model bits
 per token are bits per byte. Examples are non-overlapping windows of a split's byte stream:
@@ -26,6 +27,20 @@ Each corpus is its own TFDS builder config, named from a sha1 fingerprint of the
 and every file's relative path, size and mtime, plus the seed (``stdlib_py311_<sha>_seed0``,
 ``path_<name>_<sha>_seed0``), so an edited corpus is rebuilt, never read stale from the cache.
 Streams are stored as blocks of 64 KiB.
+
+``enwik8``: the first 10**8 bytes of an English Wikipedia XML dump (Hutter Prize), the file
+``enwik8`` of ``enwik8.zip``. Its standard split, by bytes: the first 90M train, the next 5M
+validation, the last 5M test; it is the 90/5/5 cut above (no separator added), so a file of
+another size (a test's fake) is cut in the same proportions.
+
+``wikitext103``: WikiText-103's raw release (``wikitext-103-raw-v1.zip``): the splits are its
+``wiki.{train,valid,test}.raw`` files (Merity et al.'s split: ~0.5 GB / ~1 MB / ~1 MB), read as
+their UTF-8 bytes. Tokenizer: bytes, like every dataset here (vocabulary 256, ``byte_level``),
+not the release's word-level vocabulary of 267,735 words, so the metric is bits per byte, and
+word-level perplexities from the literature compare only after converting per word.
+
+Both are read from ``manual_dir`` (the archive as downloaded, or the files extracted from it), and
+downloaded there first only with ``download=True`` (see ``ssm.data.manual``); each is built once.
 """
 
 import dataclasses
@@ -36,13 +51,23 @@ import os
 import re
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ssm.config import NonNegativeInt, PositiveInt
 from ssm.data.build import Builder, prepare_builder
+from ssm.data.manual import (
+    MissingDataError,
+    Release,
+    ReleaseOptions,
+    RemoteFile,
+    archive_release,
+    release_builder,
+)
 from ssm.data.registry import SPLITS, Dataset, DatasetSpec, register_dataset
 
 VOCAB_SIZE = 256  # token = byte value
@@ -50,6 +75,28 @@ BLOCK_BYTES = 65_536  # bytes per stored example
 HELD_OUT = 0.05  # fraction of files (or bytes) in each of validation and test
 SEPARATOR = b"\n"  # follows every file in a split's stream
 _SKIPPED_DIRS = frozenset({"site-packages", "dist-packages"})  # for the stdlib default
+
+_ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
+ENWIK8 = Release(
+    name="enwik8",
+    title="enwik8 (Hutter Prize, 100 MB of Wikipedia XML)",
+    url=_ENWIK8_URL,
+    layouts=(("enwik8.zip",), ("enwik8",)),
+    hint="put the archive (or the file enwik8 extracted from it) there",
+    files=(RemoteFile(_ENWIK8_URL),),
+)
+WIKITEXT103_FILES = {
+    "train": "wiki.train.raw",
+    "validation": "wiki.valid.raw",
+    "test": "wiki.test.raw",
+}
+WIKITEXT103 = archive_release(
+    "wikitext103",
+    "WikiText-103 (raw, v1)",
+    "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-raw-v1.zip",
+    folder="wikitext-103-raw",
+    contents=tuple(WIKITEXT103_FILES.values()),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,15 +224,63 @@ class ByteCorpus(Builder):
         return {"bytes": bytes_}
 
     def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(s) for split, s in self._streams(dl_manager).items()}
+
+    def _streams(self, dl_manager) -> dict[str, bytes]:
+        """Split name -> its byte stream."""
         config = self.builder_config
-        streams = split_streams(config.corpus, config.split_seed)
-        return {split: self._generate_examples(stream) for split, stream in streams.items()}
+        return split_streams(config.corpus, config.split_seed)
 
     def _generate_examples(self, stream: bytes):
         """Yields (block index, example) of consecutive BLOCK_BYTES slices of ``stream``."""
         for index, start in enumerate(range(0, len(stream), BLOCK_BYTES)):
             block = np.frombuffer(stream[start : start + BLOCK_BYTES], dtype=np.uint8)
             yield index, {"bytes": block}
+
+
+def _zip_member(archive: Path, name: str) -> bytes:
+    """The bytes of the member of zip ``archive`` whose path is ``name`` or ends with ``/name``.
+
+    Raises:
+        MissingDataError: there is no such member.
+    """
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            if not info.is_dir() and (info.filename == name or info.filename.endswith("/" + name)):
+                return zf.read(info)
+    raise MissingDataError(f"{archive} lacks {name}")
+
+
+class Enwik8(ByteCorpus):
+    """enwik8 read from ``enwik8.zip`` or ``enwik8`` in manual_dir, cut 90/5/5 by bytes."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Download {ENWIK8.url} into manual_dir."
+    DESCRIPTION = "enwik8: the first 10**8 bytes of an English Wikipedia dump (Hutter Prize)."
+    HOMEPAGE = "http://mattmahoney.net/dc/textdata.html"
+
+    def _streams(self, dl_manager) -> dict[str, bytes]:
+        root = Path(dl_manager.manual_dir)
+        if ENWIK8.layout(root) == 0:
+            data = _zip_member(root / "enwik8.zip", "enwik8")
+        else:
+            data = (root / "enwik8").read_bytes()
+        return {split: data[a:b] for split, (a, b) in byte_cuts(len(data)).items()}
+
+
+class Wikitext103(ByteCorpus):
+    """WikiText-103 (raw) read from ``wikitext-103-raw-v1.zip`` or ``wikitext-103-raw/``."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Download {WIKITEXT103.url} into manual_dir."
+    DESCRIPTION = "WikiText-103 (raw), Merity et al. 2016, as UTF-8 bytes."
+    HOMEPAGE = "https://arxiv.org/abs/1609.07843"
+
+    def _streams(self, dl_manager) -> dict[str, bytes]:
+        root = Path(dl_manager.manual_dir)
+        if WIKITEXT103.layout(root) == 0:
+            archive = root / "wikitext-103-raw-v1.zip"
+            return {s: _zip_member(archive, name) for s, name in WIKITEXT103_FILES.items()}
+        folder = root / "wikitext-103-raw"
+        return {s: (folder / name).read_bytes() for s, name in WIKITEXT103_FILES.items()}
 
 
 class ByteWindows:
@@ -233,8 +328,8 @@ class ByteWindows:
 def bytes_corpus(
     *,
     path: str | None = None,
-    seq_len: int = 512,
-    split_seed: int = 0,
+    seq_len: PositiveInt = 512,
+    split_seed: NonNegativeInt = 0,
     data_dir: str | None = None,
 ) -> Dataset:
     """A byte-level corpus as windows of seq_len bytes, built under ``data_dir`` on first use.
@@ -246,10 +341,6 @@ def bytes_corpus(
         split_seed: seed of the by-file train/validation/test split.
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
     """
-    if seq_len < 1:
-        raise ValueError(f"bytes seq_len must be a positive number of bytes, got {seq_len}")
-    if split_seed < 0:
-        raise ValueError(f"bytes split_seed must be >= 0, got {split_seed}")
     corpus = stdlib_corpus() if path is None else path_corpus(path)
     n_bytes = corpus.stream_bytes()
     if len(corpus.files) < 3 and n_bytes < 3:
@@ -259,8 +350,41 @@ def bytes_corpus(
         )
     config = config_for(corpus, split_seed, stdlib=path is None)
     builder = prepare_builder(ByteCorpus, data_dir=data_dir, config=config)
+    return _windows("bytes", builder, seq_len)
+
+
+def _windows(name: str, builder: ByteCorpus, seq_len: int) -> Dataset:
+    """The byte-level Dataset of a prepared corpus builder, in windows of ``seq_len``."""
     spec = DatasetSpec(
-        "bytes", seq_len=seq_len, num_classes=VOCAB_SIZE, vocab_size=VOCAB_SIZE, byte_level=True
+        name, seq_len=seq_len, num_classes=VOCAB_SIZE, vocab_size=VOCAB_SIZE, byte_level=True
     )
     sources = {split: ByteWindows(builder.as_data_source(split=split), seq_len) for split in SPLITS}
     return Dataset(spec=spec, sources=sources)
+
+
+@register_dataset("enwik8", shared=ReleaseOptions)
+def enwik8(*, seq_len: PositiveInt = 512, **options) -> Dataset:
+    """enwik8 as windows of seq_len bytes (90M / 5M / 5M), built from the release on first use.
+
+    ``manual_dir`` holds ``enwik8.zip`` or ``enwik8`` (default ``<data_dir>/manual/enwik8``);
+    ``download`` fetches the archive (36 MB).
+
+    Args:
+        seq_len: l, bytes per window.
+    """
+    builder = release_builder(Enwik8, ENWIK8, ReleaseOptions(**options))
+    return _windows("enwik8", builder, seq_len)
+
+
+@register_dataset("wikitext103", shared=ReleaseOptions)
+def wikitext103(*, seq_len: PositiveInt = 512, **options) -> Dataset:
+    """WikiText-103 (raw) as windows of seq_len UTF-8 bytes, built from the release on first use.
+
+    ``manual_dir`` holds ``wikitext-103-raw-v1.zip`` or ``wikitext-103-raw/wiki.*.raw``
+    (default ``<data_dir>/manual/wikitext103``); ``download`` fetches the archive (~0.2 GB).
+
+    Args:
+        seq_len: l, bytes per window.
+    """
+    builder = release_builder(Wikitext103, WIKITEXT103, ReleaseOptions(**options))
+    return _windows("wikitext103", builder, seq_len)

@@ -21,7 +21,9 @@ function of its index and can be made on demand (``pathfinder_example``). Even i
 negatives, odd positives, so every split of even size is balanced.
 
 For models an image is a sequence of l = resolution**2 pixels, d_input = 1, scaled to [-1, 1]
-as S4 does (``Normalize(mean=0.5, std=0.5)``). Resolution 128 is Path-X.
+as S4 does (``Normalize(mean=0.5, std=0.5)``); with ``pixels="tokens"`` the pixels are instead
+(l,) int32 grey levels 0..255, a vocabulary of 256 (for an embedding, and for self-pretraining
+with a language-model objective). Resolution 128 is Path-X.
 
 ``manual_dir`` reads LRA's release instead (``lra_release.gz``): ``<manual_dir>/pathfinder<r>/
 <curv_baseline | curv_contour_length_9 | curv_contour_length_14>/metadata/<k>.npy``, text files
@@ -41,6 +43,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from ssm.config import NonNegativeInt
 from ssm.data.build import Builder, builder_dataset, prepare_builder
 from ssm.data.manual import Release
 from ssm.data.registry import SPLITS, Dataset, DatasetSpec, Size, register_dataset, split_sizes
@@ -491,6 +494,11 @@ def _pixel_sequence(example: dict) -> dict:
     return {"inputs": pixels * (2 / 255) - 1, "label": int(example["label"])}
 
 
+def _token_sequence(example: dict) -> dict:
+    """Stored example -> ``inputs`` (r * r,) int32 grey levels 0..255 and ``label``."""
+    return {"inputs": example["image"].reshape(-1).astype(np.int32), "label": int(example["label"])}
+
+
 @register_dataset("pathfinder")
 def pathfinder(
     *,
@@ -498,8 +506,9 @@ def pathfinder(
     resolution: Literal[32, 64, 128, 256] = 32,
     contour_length: Literal[6, 9, 14] = 14,
     size: Size = "full",
-    seed: int = 0,
+    seed: NonNegativeInt = 0,
     manual_dir: str | None = None,
+    pixels: Literal["real", "tokens"] = "real",
 ) -> Dataset:
     """Pathfinder (Path-X at resolution 128), generated from ``seed`` or read from LRA's release.
 
@@ -513,6 +522,8 @@ def pathfinder(
         seed: generation seed.
         manual_dir: folder holding LRA's ``pathfinder<r>/`` folders; when given, the release is
             read instead of generating (``size`` and ``seed`` then do not apply).
+        pixels: ``real``: inputs (r * r, 1) float32 in [-1, 1]; ``tokens``: (r * r,) int32 grey
+            levels, vocabulary 256 (the same stored images either way).
     """
     if manual_dir is None:
         name = f"r{resolution}_len{contour_length}_{size}_seed_{seed}"
@@ -527,5 +538,12 @@ def pathfinder(
         manual_dir=manual_dir,
     )
     builder = prepare_builder(Pathfinder, data_dir=data_dir, config=config)
-    spec = DatasetSpec("pathfinder", seq_len=resolution * resolution, num_classes=2, d_input=1)
-    return builder_dataset(builder, spec, _pixel_sequence)
+    tokens = pixels == "tokens"
+    spec = DatasetSpec(
+        "pathfinder",
+        seq_len=resolution * resolution,
+        num_classes=2,
+        d_input=None if tokens else 1,
+        vocab_size=256 if tokens else None,
+    )
+    return builder_dataset(builder, spec, _token_sequence if tokens else _pixel_sequence)

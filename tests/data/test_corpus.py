@@ -1,9 +1,12 @@
-"""The byte-level text corpus (``bytes``): windows, the by-file split, caching by fingerprint."""
+"""The byte-level text corpora: ``bytes`` (windows, the by-file split, caching by fingerprint),
+and ``enwik8`` and ``wikitext103`` read from fake releases (split boundaries, archive and extracted
+layouts, missing-data errors, download on request only)."""
 
 import dataclasses
 import math
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,8 @@ import pytest
 
 from ssm.data import corpus as corpus_module
 from ssm.data import dataset_options_class, get_dataset
-from ssm.data.corpus import SEPARATOR, stdlib_corpus
+from ssm.data.corpus import ENWIK8, SEPARATOR, WIKITEXT103, byte_cuts, stdlib_corpus
+from ssm.data.manual import MissingDataError
 
 SPLITS = ("train", "validation", "test")
 N_FILES = 20
@@ -158,7 +162,9 @@ def test_bad_path_empty_folder_and_bad_seq_len_are_one_line_value_errors(tmp_pat
         get_dataset("bytes", path=str(empty), data_dir=str(tmp_path))
     (tmp_path / "a.txt").write_text("x")
     for seq_len in (0, -3):
-        with pytest.raises(ValueError, match=f"seq_len must be a positive .*got {seq_len}"):
+        with pytest.raises(
+            ValueError, match=f"seq_len={seq_len} is not valid; valid: an integer >= 1"
+        ):
             get_dataset(
                 "bytes", path=str(tmp_path / "a.txt"), seq_len=seq_len, data_dir=str(tmp_path)
             )
@@ -238,3 +244,145 @@ def test_bytes_builds_and_reads_with_tensorflow_unimportable(tmp_path, run_witho
     assert report["tensorflow_imported"] is False and report["tensorflow_attempts"] == []
     written = {p.name.split("-")[1] for p in (tmp_path / "tfds").rglob("*.array_record-*")}
     assert written == {f"{split}.array_record" for split in SPLITS}
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def assert_windows_reassemble(source, seq_len: int) -> None:
+    """The windows of ``source`` are its stream cut every seq_len bytes, the last zero-padded."""
+    stream = source.stream()
+    examples = windows(source)
+    assert len(examples) == math.ceil(len(stream) / seq_len)
+    assert all(e["inputs"].shape == (seq_len,) and e["inputs"].dtype == np.int32 for e in examples)
+    assert all(e["length"] == seq_len for e in examples[:-1])
+    assert not examples[-1]["inputs"][examples[-1]["length"] :].any()
+    joined = np.concatenate([e["inputs"][: e["length"]] for e in examples])
+    np.testing.assert_array_equal(joined, stream.astype(np.int32))
+
+
+FAKE_ENWIK8 = np.random.default_rng(8).integers(0, 256, 4_000, dtype=np.uint8).tobytes()
+# A fake WikiText-103 release: UTF-8 text with multi-byte characters, and a decoy member.
+WIKITEXT = {
+    "train": " = Valkyria = \n\n Senj\u014d no Valkyria 3 : caf\u00e9 \u65e5\u672c \n" * 40,
+    "validation": " = Robert Boulter = \n\n \u00c9t\u00e9 , 2000 \n",
+    "test": " = Homarus = \n\n lobster \u2013 \u00bd \n",
+}
+RAW_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
+WIKITEXT_MEMBERS = {
+    **{f"wikitext-103-raw/{RAW_FILES[split]}": text.encode() for split, text in WIKITEXT.items()},
+    "wikitext-103-raw/wiki.test.tokens": b"decoy",
+}
+
+
+def test_enwik8_real_file_size_splits_exactly_90m_5m_5m_bytes():
+    assert byte_cuts(10**8) == {
+        "train": (0, 90_000_000),
+        "validation": (90_000_000, 95_000_000),
+        "test": (95_000_000, 100_000_000),
+    }
+
+
+@pytest.mark.parametrize("layout", ["enwik8.zip", "enwik8"])
+def test_enwik8_fake_release_is_cut_90_5_5_in_order_and_windows_reassemble(
+    layout, tmp_path, monkeypatch
+):
+    manual = tmp_path / "manual"
+    if layout == "enwik8.zip":
+        write_zip(manual / "enwik8.zip", {"enwik8": FAKE_ENWIK8})
+    else:
+        manual.mkdir()
+        (manual / "enwik8").write_bytes(FAKE_ENWIK8)
+    monkeypatch.setattr(corpus_module, "BLOCK_BYTES", 256)  # several stored blocks per split
+    dataset = get_dataset(
+        "enwik8", seq_len=64, data_dir=str(tmp_path / "tfds"), manual_dir=str(manual)
+    )
+    spec = dataset.spec
+    assert (spec.name, spec.seq_len, spec.vocab_size, spec.byte_level) == ("enwik8", 64, 256, True)
+    streams = {split: dataset.source(split).stream().tobytes() for split in SPLITS}
+    assert streams == {
+        "train": FAKE_ENWIK8[:3_600],
+        "validation": FAKE_ENWIK8[3_600:3_800],
+        "test": FAKE_ENWIK8[3_800:],
+    }
+    assert len(dataset.source("train").blocks) == math.ceil(3_600 / 256)
+    for split in SPLITS:
+        assert_windows_reassemble(dataset.source(split), 64)
+
+
+def test_enwik8_size_tiny_keeps_the_first_windows_of_each_split(tmp_path):
+    manual = tmp_path / "manual"
+    write_zip(manual / "enwik8.zip", {"enwik8": FAKE_ENWIK8})
+    tiny = get_dataset(
+        "enwik8", seq_len=8, size="tiny", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual)
+    )
+    assert [len(tiny.source(split)) for split in SPLITS] == [64, 16, 16]
+    for split, start in (("train", 0), ("validation", 3_600), ("test", 3_800)):
+        window = tiny.source(split)[15]["inputs"]
+        expected = np.frombuffer(FAKE_ENWIK8[start + 120 : start + 128], np.uint8)
+        np.testing.assert_array_equal(window, expected.astype(np.int32))
+
+
+@pytest.mark.parametrize("layout", ["archive", "extracted"])
+def test_wikitext103_splits_are_the_utf8_bytes_of_its_three_raw_files(layout, tmp_path):
+    manual = tmp_path / "manual"
+    if layout == "archive":
+        write_zip(manual / "wikitext-103-raw-v1.zip", WIKITEXT_MEMBERS)
+    else:
+        for name, data in WIKITEXT_MEMBERS.items():
+            (manual / name).parent.mkdir(parents=True, exist_ok=True)
+            (manual / name).write_bytes(data)
+    dataset = get_dataset(
+        "wikitext103", seq_len=32, data_dir=str(tmp_path / "tfds"), manual_dir=str(manual)
+    )
+    assert (dataset.spec.vocab_size, dataset.spec.byte_level) == (256, True)
+    for split in SPLITS:
+        source = dataset.source(split)
+        assert source.stream().tobytes() == WIKITEXT[split].encode("utf-8")
+        assert_windows_reassemble(source, 32)
+    first = dataset.source("validation")[0]["inputs"]
+    assert list(first[23:25]) == [0xC3, 0x89]  # "\u00c9" is two tokens, its UTF-8 bytes
+
+
+@pytest.mark.parametrize(
+    ("name", "files"),
+    [("enwik8", "enwik8.zip or enwik8"), ("wikitext103", "wikitext-103-raw-v1.zip or [")],
+)
+def test_missing_release_is_one_line_naming_the_file_the_url_and_manual_dir(name, files, tmp_path):
+    release = {"enwik8": ENWIK8, "wikitext103": WIKITEXT103}[name]
+    with pytest.raises(MissingDataError) as error:
+        get_dataset(name, data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"expected {files}" in message and str(tmp_path / "manual" / name) in message
+    assert f"download {release.url} and put the archive" in message
+    assert message.endswith("or set dataset.download=true to download it there")
+
+
+def test_enwik8_download_true_fetches_the_zip_into_manual_dir_once(tmp_path, fake_download):
+    served = write_zip(tmp_path / "served.zip", {"enwik8": FAKE_ENWIK8})
+    calls = fake_download({ENWIK8.url: served})
+    data_dir = str(tmp_path / "tfds")
+    dataset = get_dataset("enwik8", data_dir=data_dir, download=True)
+    assert calls == [[ENWIK8.url]]
+    assert (Path(data_dir) / "manual" / "enwik8" / "enwik8.zip").read_bytes() == served.read_bytes()
+    assert dataset.source("test").stream().tobytes() == FAKE_ENWIK8[3_800:]
+    get_dataset("enwik8", data_dir=data_dir, download=True)
+    assert calls == [[ENWIK8.url]]  # prepared: no second download
+
+
+def test_enwik8_and_wikitext103_options_are_seq_len_the_release_options_and_size():
+    for name in ("enwik8", "wikitext103"):
+        fields = {f.name: f.default for f in dataclasses.fields(dataset_options_class(name))}
+        assert fields == {
+            "seq_len": 512,
+            "data_dir": None,
+            "manual_dir": None,
+            "download": False,
+            "size": "full",
+        }

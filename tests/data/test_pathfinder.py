@@ -1,6 +1,8 @@
 """Pathfinder / Path-X: connectivity of the markers is the label, balance, determinism, TFDS,
 and reading LRA's release layout from manual_dir."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -40,8 +42,13 @@ def as_image(inputs: np.ndarray, resolution: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return get_dataset("pathfinder", data_dir=str(tmp_path_factory.mktemp("tfds")), size="tiny")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return get_dataset("pathfinder", data_dir=str(tiny_dir), size="tiny")
 
 
 @pytest.mark.parametrize(("resolution", "count"), [(32, 24), (64, 4), (128, 2), (256, 1)])
@@ -82,6 +89,21 @@ def test_pathfinder_dataset_examples_are_the_generated_images_as_sequences(tiny)
         image, label = pathfinder_example(32, 14, offset + 3, seed=0)
         np.testing.assert_array_equal(as_image(example["inputs"], 32), image)
         assert example["label"] == label
+
+
+def test_pathfinder_pixel_tokens_are_the_grey_levels_of_the_real_pixels(tiny, tiny_dir):
+    tokens = get_dataset("pathfinder", data_dir=str(tiny_dir), size="tiny", pixels="tokens")
+    spec = tokens.spec
+    assert (spec.seq_len, spec.num_classes, spec.d_input, spec.vocab_size) == (1024, 2, None, 256)
+    for split in SPLITS:
+        assert len(tokens.source(split)) == TINY[split]
+        for i in (0, 7):
+            token, real = tokens.source(split)[i], tiny.source(split)[i]
+            assert token["inputs"].shape == (1024,) and token["inputs"].dtype == np.int32
+            np.testing.assert_array_equal(token["inputs"], as_image(real["inputs"], 32).ravel())
+            assert token["label"] == real["label"]
+            assert len(np.unique(token["inputs"])) > 2  # antialiased grey levels, not binarized
+    assert len(list((tiny_dir / "pathfinder").iterdir())) == 1  # one build serves both
 
 
 def test_pathfinder_same_seed_gives_byte_identical_images_and_another_seed_differs():
