@@ -3,30 +3,15 @@
 import json
 
 import numpy as np
+from test_loop import tiny_config
 
 from experiments.report import report
-from ssm.train import experiment_config, train
+from ssm.train import train
 from ssm.train.metrics import read_metrics
 
 
 def config(output_dir, **trainer):
-    return experiment_config(
-        {
-            "layer": {"name": "s4d", "d_state": 8},
-            "dataset": {"name": "digits"},
-            "model": {"d_model": 8, "n_layers": 1, "dropout": 0.1},
-            "optimizer": {"lr": 3e-3},
-            "trainer": {
-                "batch_size": 256,
-                "epochs": 2,
-                "log_every": 2,
-                "output_dir": str(output_dir),
-                "progress": False,
-                "tensorboard": False,
-                **trainer,
-            },
-        }
-    )
+    return tiny_config(output_dir, log_every=2, tensorboard=False, **trainer)
 
 
 def assert_close_records(a: list[dict], b: list[dict]):
