@@ -22,3 +22,4 @@ for dtype in float32 bfloat16; do
 done
 python3 -m benchmarks.kernels --shapes reference --out "$OUT/float32" \
   2>&1 | tee "$OUT/bench_kernels.log"
+python3 -m benchmarks.train_step --shapes gpu --out "$OUT" 2>&1 | tee "$OUT/bench_train_step.log"
