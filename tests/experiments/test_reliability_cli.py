@@ -1,6 +1,7 @@
 """What a user meets at the CLI when runs go wrong: one line each, and nothing lost."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ def error_lines(process) -> list[str]:
     return [line for line in process.stderr.splitlines() if line.startswith("error:")]
 
 
-def test_cli_huge_lr_reuse_and_changed_resume_each_stop_in_one_line_and_a_sane_lr_resumes(
+def test_cli_huge_lr_reuse_changed_resume_and_damage_each_say_one_line_and_a_sane_lr_resumes(
     tmp_path,
 ):
     run = [*TINY, f"hydra.run.dir={tmp_path}", "trainer.max_steps=4", "trainer.log_every=1"]
@@ -35,6 +36,16 @@ def test_cli_huge_lr_reuse_and_changed_resume_each_stop_in_one_line_and_a_sane_l
     sane = run_cli(*run, "trainer.resume=true", "optimizer.lr=3e-3")
     assert sane.returncode == 0, sane.stderr
     assert "resumed from step 0" in sane.stdout and "test accuracy:" in sane.stdout
+
+    # A damaged newest checkpoint falls back to the one before, with one warning line.
+    shutil.rmtree(tmp_path / "checkpoints" / "latest" / "4" / "default")
+    longer = run_cli(*run, "trainer.max_steps=6", "trainer.resume=true")
+    assert longer.returncode == 0, longer.stderr
+    (warning,) = [
+        line for line in (longer.stdout + longer.stderr).splitlines() if "is damaged" in line
+    ]
+    assert "checkpoint step 4" in warning and warning.endswith("falling back to step 0")
+    assert "resumed from step 0" in longer.stdout
 
 
 def test_cli_sigterm_checkpoints_exits_0_saying_how_to_resume_and_a_concurrent_run_is_refused(
