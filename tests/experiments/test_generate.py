@@ -103,17 +103,17 @@ def test_generation_from_a_byte_level_run_is_text_and_greedy_is_deterministic_an
     from ssm.train import load_model
 
     config = GenerateConfig(
-        checkpoint=str(byte_run), prompt="the c", max_new_tokens=12, temperature=0
+        checkpoint=str(byte_run), prompt="the c", max_new_tokens=6, temperature=0
     )
     text = generate(config)
-    assert isinstance(text, str) and text.startswith("the c") and len(text.encode()) == 17
+    assert isinstance(text, str) and text.startswith("the c") and len(text.encode()) == 11
     assert generate(config) == text
     model, _ = load_model(byte_run)
     tokens = list(b"the c")
-    for _ in range(12):  # greedy by full recompute, no cache
+    for _ in range(6):  # greedy by full recompute, no cache
         tokens.append(int(jnp.argmax(model(jnp.asarray([tokens]))[0, -1])))
     assert text == bytes(tokens).decode(errors="replace")
-    sampled = GenerateConfig(checkpoint=str(byte_run), prompt="the", max_new_tokens=8, seed=3)
+    sampled = GenerateConfig(checkpoint=str(byte_run), prompt="the", max_new_tokens=4, seed=3)
     assert generate(sampled) == generate(sampled)
 
 
