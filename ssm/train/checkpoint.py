@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+LEGACY_MISSING = "diverged_at"  # a train-state key that checkpoints of earlier versions lack
+
 
 class CheckpointError(RuntimeError):
     """No checkpoint in a folder could be read."""
@@ -87,7 +89,15 @@ class Checkpoints:
     @staticmethod
     def _restore(manager, step, like):
         abstract = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except ValueError:
+            if abstract is None or LEGACY_MISSING not in abstract:
+                raise
+        # A checkpoint from before the state carried its divergence flag: restore without it.
+        older = {k: v for k, v in abstract.items() if k != LEGACY_MISSING}
+        state = manager.restore(step, args=ocp.args.StandardRestore(older))
+        return {**state, LEGACY_MISSING: like[LEGACY_MISSING]}
 
     def restore_latest(self, like=None):
         """(step, state) of the newest readable checkpoint, or None if there is none.

@@ -288,3 +288,21 @@ def test_variable_length_batches_are_padded_to_one_shape_and_compile_once(tmp_pa
     assert trainer.train_step._cache_size() == 1
     trainer.evaluate(state, "validation")
     assert trainer.eval_step._cache_size() == 1
+
+
+def test_a_checkpoint_from_before_the_divergence_flag_still_restores(tmp_path):
+    import orbax.checkpoint as ocp
+
+    like = Trainer(tiny_config(tmp_path)).initial_state
+    older = {k: v for k, v in like.items() if k != "diverged_at"}
+    older = dict(older, params=jax.tree.map(lambda x: x + 1, older["params"]))
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    checkpoints.latest.save(3, args=ocp.args.StandardSave(older))
+    checkpoints.latest.wait_until_finished()
+    step, state = checkpoints.restore_latest(like)
+    checkpoints.close()
+    assert step == 3 and int(state["diverged_at"]) == 0
+    for a, b in zip(
+        jax.tree.leaves(older), jax.tree.leaves(dict(state, diverged_at=None)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
