@@ -5,7 +5,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 LEGACY_MISSING = "diverged_at"  # a train-state key that checkpoints of earlier versions lack
@@ -19,14 +18,23 @@ class NonFiniteState(FloatingPointError):
     """A state with a NaN or infinite parameter or optimizer leaf was about to be saved."""
 
 
-def non_finite_leaves(state) -> list[str]:
-    """Paths of the floating-point leaves of ``state`` that hold a NaN or an infinity."""
-    bad = []
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-        leaf = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
-        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
-            bad.append(jax.tree_util.keystr(path))
-    return bad
+def all_finite(tree) -> jax.Array:
+    """Whether every floating-point leaf of ``tree`` is finite: a () bool array (also in jit)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if _inexact(x)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+def non_finite_leaves(tree) -> list[str]:
+    """Paths of the floating-point leaves of ``tree`` that hold a NaN or an infinity."""
+    return [
+        jax.tree_util.keystr(path)
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+        if _inexact(x) and not bool(jnp.all(jnp.isfinite(x)))
+    ]
+
+
+def _inexact(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 class Checkpoints:
@@ -62,8 +70,8 @@ class Checkpoints:
 
     @staticmethod
     def _save(manager, step: int, state, **kwargs):
-        bad = non_finite_leaves(state)
-        if bad:
+        if not bool(all_finite(state)):  # one reduction; the paths only for the message
+            bad = non_finite_leaves(state)
             raise NonFiniteState(
                 f"not saving step {step}: {len(bad)} leaves are not finite (first: {bad[0]})"
             )

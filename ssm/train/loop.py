@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ssm.config import ConfigError, options_of
 from ssm.data import Loader, get_dataset
 from ssm.models import SequenceModel, generate
-from ssm.train.checkpoint import Checkpoints
+from ssm.train.checkpoint import Checkpoints, all_finite
 from ssm.train.config import ExperimentConfig, run_config
 from ssm.train.metrics import MetricsWriter
 from ssm.train.objectives import (
@@ -113,12 +113,6 @@ def zero_window() -> dict:
     """Running sums of the training metrics since the last log line. They are part of the train
     state, so a resumed run logs exactly what an uninterrupted one would."""
     return {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
-
-
-def all_finite(tree) -> jax.Array:
-    """Whether every floating-point leaf of ``tree`` is finite: a () bool array."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def pad_batch(batch: dict, size: int) -> dict:
@@ -461,6 +455,8 @@ def train(config: ExperimentConfig, on_step: Callable[[int], None] | None = None
         RunFolder(out, config, resume=tc.resume, overwrite=tc.overwrite) as folder,
         preemption() as signals,
     ):
+        if tc.seeds is not None and make_mesh(tc.devices).size > 1:
+            raise ConfigError("trainer.seeds trains on one device: set trainer.devices=1")
         if tc.seeds is None:
             members = [_Member(Trainer(config), folder)]
         else:
@@ -525,6 +521,7 @@ class _Member:
         mode = "min" if trainer.language_model else "max"
         self.checkpoints = Checkpoints(self.out / "checkpoints", best, mode, tc.keep_checkpoints)
         self.metrics = None
+        self.last_validation = (None, {})  # (step, metrics) of the latest validation
 
     def start(self):
         """The state to train from: the latest checkpoint on resume, else the initial state
@@ -584,7 +581,7 @@ class _Member:
         trainer, step = self.trainer, int(state["step"])
         best_step, best_state = self.checkpoints.restore_best(state) or (step, state)
         results = {"step": step, "best_step": best_step, **baseline}
-        last_step, last = getattr(self, "last_validation", (None, {}))
+        last_step, last = self.last_validation
         if last_step == best_step:  # the best is the state just evaluated
             results.update(last)
         else:
@@ -610,8 +607,6 @@ class _Steps:
         if len(members) == 1:
             self.state, self.step = states[0], first.train_step
             return
-        if first.mesh.size > 1:
-            raise ConfigError("trainer.seeds trains on one device: set trainer.devices=1")
         self.state = jax.tree.map(lambda *x: jnp.stack(x), *states)
         self.step = jax.jit(jax.vmap(first._train_step), donate_argnums=0)
 

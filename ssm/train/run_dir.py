@@ -130,6 +130,7 @@ class RunFolder:
         self.config = config_record(config)
         self.resume, self.overwrite = resume, overwrite
         self._lock = None
+        self._changes = {}  # the allowed config changes of a resume
 
     def __enter__(self) -> "RunFolder":
         self.path.mkdir(parents=True, exist_ok=True)
@@ -205,7 +206,7 @@ class RunFolder:
         record = {
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "step": step,
-            "changed": {k: list(v) for k, v in getattr(self, "_changes", {}).items()},
+            "changed": {k: list(v) for k, v in self._changes.items()},
         }
         with open(self.path / "resumes.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
