@@ -38,6 +38,11 @@ def losses(folder):
     return {r["step"]: r["train/loss"] for r in read_metrics(folder) if "train/loss" in r}
 
 
+@pytest.mark.skipif(
+    bool(os.environ.get("CI")) and (os.cpu_count() or 1) < 4,
+    reason="4 forced CPU devices on a loaded 2-core CI machine can miss XLA's all-reduce "
+    "rendezvous and abort; run it where there are 4 cores, or alone (it passes)",
+)
 def test_four_devices_follow_one_device_and_a_four_device_checkpoint_resumes_on_one(tmp_path):
     on_four = run(
         tmp_path,
