@@ -20,6 +20,8 @@ Implementations:
   chunks, rematerialized per chunk, so neither the forward nor the backward holds (b, l, d, n);
 - ``chunked_sequential``: the same chunks, each scanned step by step: the same bounded memory with
   less arithmetic, faster where parallel steps buy nothing (on CPU 1.7 to 8 times ``chunked``).
+- ``pallas``: a Pallas kernel with the state on chip and time in blocks, forward and backward
+  (``ssm.ops.pallas.selective_scan``); compiled on GPUs, interpreted on CPU (for tests: slow).
 """
 
 import functools
@@ -32,6 +34,7 @@ from ssm.ops import reference
 from ssm.ops.dispatch import Op
 from ssm.ops.linear_scan import compose_affine
 from ssm.ops.numerics import compute_dtype
+from ssm.ops.pallas import selective_scan as pallas_selective_scan
 
 SHORT_ON_CPU = 128  # on CPU the plain step-by-step scan is fastest up to this length
 
@@ -238,3 +241,6 @@ def _chunked_associative(x, dt, A, B, C, h, restart, *, chunk_size=64):
 @SELECTIVE_SCAN.register("chunked_sequential")
 def _chunked_sequential(x, dt, A, B, C, h, restart, *, chunk_size=64):
     return _chunked(_reference, x, dt, A, B, C, h, restart, chunk_size)
+
+
+SELECTIVE_SCAN.register("pallas")(pallas_selective_scan.selective_scan)
