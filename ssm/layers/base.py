@@ -7,6 +7,7 @@ layer = Layer(d_model, *, <options>, dtype=None, param_dtype=jnp.float32, rngs=n
 y = layer(x, mask=None)                                  # (b, l, d_model) -> (b, l, d_output)
 y, state = layer(x, mask=None, return_state=True)        # ... and the state after the last position
 y = layer(x2, state=state)                               # continue from it (prefill, chunking)
+y = layer(x, mask, segment_ids=segment_ids)              # packed rows (layers with packs_segments)
 state = layer.initial_state(batch_size); y_t, state = layer.step(x_t, state)   # recurrent mode
 ```
 
@@ -20,6 +21,12 @@ state = layer.initial_state(batch_size); y_t, state = layer.step(x_t, state)   #
   (b, d_model) for ``step``) or a mask that is not (b, l) is a one-line ValueError. An empty
   sequence (l = 0) gives an empty (b, 0, d_output) output and leaves the state as it was (the
   given one, else ``initial_state``).
+- ``segment_ids`` (b, l) ints mark packed sequences: where the id changes a new sequence
+  starts, and the outputs of a packed row equal those of its sequences run apart (the state and
+  the conv window restart; an incoming ``state`` belongs to each row's first sequence; the
+  returned one is that after the last valid position). The ids of padded positions do not
+  matter. Only layers with ``packs_segments = True`` take them; the others (long convolutions)
+  raise a one-line ValueError naming those that do.
 - Constructor arguments annotated with ``ssm.config.Range`` (``d_model`` and the numeric
   options) are checked on every construction, from a config or not, with a one-line ValueError.
 - A layer without a finite recurrent state (bidirectional, long convolutions) sets
@@ -42,6 +49,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssm.config import Range, checks_numbers
+from ssm.layers.registry import LAYERS
 
 # The state size of layers whose state is conjugate pairs (S4, S4D, DSS).
 EvenStateSize = Annotated[int, Range(min=2, multiple_of=2)]
@@ -57,6 +65,7 @@ class SequenceLayer(nnx.Module):
     d_model: int
     d_output: int
     output_projection = False
+    packs_segments = False
 
     def __init_subclass__(cls, **kwargs):
         """Make a layer check its ``Range`` arguments and its inputs (see the module docstring)."""
@@ -88,7 +97,7 @@ class SequenceLayer(nnx.Module):
         x's dtype and ``param_dtype`` when ``dtype`` is None."""
         return jnp.promote_types(x.dtype, self.param_dtype) if self.dtype is None else self.dtype
 
-    def __call__(self, x, mask=None, *, state=None, return_state=False):
+    def __call__(self, x, mask=None, *, state=None, return_state=False, segment_ids=None):
         raise NotImplementedError
 
     def initial_state(self, batch_size: int):
@@ -141,18 +150,47 @@ def _input_error(layer: SequenceLayer, what: str, expected: str, shape) -> Value
     return ValueError(f"{type(layer).__name__} expects {what} of shape {expected}, got {shape}")
 
 
+def packing_layers() -> list[str]:
+    """The registered layers that take ``segment_ids`` (``packs_segments``)."""
+    return [name for name in LAYERS.names() if LAYERS.get(name).packs_segments]
+
+
+def _packed(layer: SequenceLayer, segment_ids, mask, shape) -> dict:
+    """``{"segment_ids": ...}`` checked, padded positions moved into their row's last valid
+    segment (so a scan runs through the padding without restarting); {} for None."""
+    if segment_ids is None:
+        return {}
+    if not layer.packs_segments:
+        raise ValueError(
+            f"{type(layer).__name__} does not take segment_ids (packed sequences); "
+            f"layers that do: {', '.join(packing_layers())}"
+        )
+    segment_ids = jnp.asarray(segment_ids)
+    if segment_ids.shape != shape[:2] or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+        raise ValueError(
+            f"{type(layer).__name__} expects segment_ids of integers of shape (b, l) = "
+            f"{shape[:2]}, got {segment_ids.dtype} of shape {segment_ids.shape}"
+        )
+    if mask is not None:
+        last = jnp.maximum(valid_lengths(mask) - 1, 0)[:, None]
+        segment_ids = jnp.where(mask, segment_ids, jnp.take_along_axis(segment_ids, last, axis=1))
+    return {"segment_ids": segment_ids}
+
+
 def _checks_sequence(call):
-    """Wrap a layer's ``__call__``: check x and mask, and answer an empty sequence itself."""
+    """Wrap a layer's ``__call__``: check x, mask and segment_ids, and answer an empty sequence
+    itself."""
 
     @functools.wraps(call)
-    def checked(self, x, mask=None, *, state=None, return_state=False):
+    def checked(self, x, mask=None, *, state=None, return_state=False, segment_ids=None):
         shape = tuple(jnp.shape(x))
         if len(shape) != 3 or shape[-1] != self.d_model:
             raise _input_error(self, "x", f"(b, l, d_model={self.d_model})", shape)
         if mask is not None and tuple(jnp.shape(mask)) != shape[:2]:
             raise _input_error(self, "mask", f"(b, l) = {shape[:2]}", tuple(jnp.shape(mask)))
+        packed = _packed(self, segment_ids, mask, shape)
         if shape[1] > 0:
-            return call(self, x, mask, state=state, return_state=return_state)
+            return call(self, x, mask, state=state, return_state=return_state, **packed)
         if state is not None or return_state:
             self.require_state("state in or out")
         y = jnp.zeros((shape[0], 0, self.d_output), self.compute_dtype(x))

@@ -32,7 +32,10 @@ class LRU(SequenceLayer):
     as real arrays with a trailing 2); D is an ordinary parameter. ``bidirectional`` adds a
     reversed scan of the same recurrence read out by its own C, summed with the forward one.
     ``impl`` picks the ``LINEAR_SCAN`` implementation. The state is (b, n) complex64.
+    Packed sequences (``segment_ids``): both scans restart at every sequence start.
     """
+
+    packs_segments = True
 
     def __init__(
         self,
@@ -81,11 +84,11 @@ class LRU(SequenceLayer):
         parts = jnp.stack([states.real, -states.imag], axis=-1)  # Re(C h) = C_re h_re - C_im h_im
         return jnp.einsum("...nc,hnc->...h", parts, self.C[direction], precision=HIGHEST)
 
-    def __call__(self, x, mask=None, *, state=None, return_state=False):
+    def __call__(self, x, mask=None, *, state=None, return_state=False, segment_ids=None):
         """Parallel mode.  x: (b, l, h) -> y: (b, l, h); padded positions are zeroed.
 
         ``state`` (b, n) complex: the state before x[:, 0]. ``return_state``: also return the
-        state after the last valid position.
+        state after the last valid position. ``segment_ids`` (b, l) ints: packed sequences.
         """
         if state is not None or return_state:
             self.require_state("state in or out")
@@ -93,10 +96,11 @@ class LRU(SequenceLayer):
         if mask is not None:
             u = jnp.where(mask[..., None], u, 0.0)
         lam, bu = self.eigenvalues(), self._inputs(u)  # (n,), (b, l, n)
-        states, last = linear_scan(lam, bu, h0=state, return_state=True, impl=self.impl)
+        scan = dict(segment_ids=segment_ids, impl=self.impl)
+        states, last = linear_scan(lam, bu, h0=state, return_state=True, **scan)
         y = self._readout(states) + self.D[...].astype(jnp.float32) * u
         if self.bidirectional:  # padded inputs are zero, so the reversed scan starts from zero
-            y = y + self._readout(linear_scan(lam, bu, reverse=True, impl=self.impl), direction=1)
+            y = y + self._readout(linear_scan(lam, bu, reverse=True, **scan), direction=1)
         if mask is not None:
             y = jnp.where(mask[..., None], y, 0.0)
         y = y.astype(self.compute_dtype(x))

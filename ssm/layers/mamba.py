@@ -88,18 +88,25 @@ class SelectiveSSM(nnx.Module):
     def conv_params(self, dtype):
         return self.conv_weight[...].astype(dtype), self.conv_bias[...].astype(dtype)
 
-    def __call__(self, x, z, mask=None, *, state: MambaCache | None = None, reverse=False):
-        """Parallel mode. x, z: (b, l, e), mask: (b, l) bool -> (y (b, l, e), MambaCache).
+    def __call__(
+        self, x, z, mask=None, *, state: MambaCache | None = None, reverse=False, segment_ids=None
+    ):
+        """Parallel mode. x, z: (b, l, e), mask: (b, l) bool, segment_ids: (b, l) ints ->
+        (y (b, l, e), MambaCache).
 
         Δ is formed here (not by the op's dt_bias/dt_softplus) so that it can be 0 at padded
         positions: those steps are the identity on the state, so a valid position sees the
         state of the sequence without the padding. The cache is that after the last valid
-        position (meaningless, but cheap, for ``reverse``).
+        position (meaningless, but cheap, for ``reverse``). With ``segment_ids`` the conv and
+        the scan restart where a packed sequence starts.
         """
         history = None if state is None else state.conv.astype(x.dtype)
         x_in = x
+        weight, bias = self.conv_params(x.dtype)
         x = nnx.silu(
-            depthwise_conv(x, *self.conv_params(x.dtype), history=history, reverse=reverse)
+            depthwise_conv(
+                x, weight, bias, history=history, reverse=reverse, segment_ids=segment_ids
+            )
         )
         delta, B, C = self.delta_B_C(x)
         if mask is not None:
@@ -114,16 +121,19 @@ class SelectiveSSM(nnx.Module):
             z,
             h0=None if state is None else state.ssm,
             reverse=reverse,
+            segment_ids=segment_ids,
             return_state=True,
             impl=self.impl,
             **dict(self.impl_options),
         )
-        return y, MambaCache(
-            conv=depthwise_conv_window(
-                x_in, self.conv_weight.shape[0], history=history, lengths=valid_lengths(mask)
-            ),
-            ssm=h,
+        window = depthwise_conv_window(
+            x_in,
+            self.conv_weight.shape[0],
+            history=history,
+            lengths=valid_lengths(mask),
+            segment_ids=segment_ids,
         )
+        return y, MambaCache(conv=window, ssm=h)
 
     def initial_state(self, batch_size: int, dtype) -> MambaCache:
         """Zero conv window (b, k - 1, e) and SSM state (b, e, n) float32."""
@@ -159,9 +169,13 @@ class Mamba(SequenceLayer):
     ``bidirectional``: a second SelectiveSSM (own conv, projections, A_log, D, dt_bias) runs
     anti-causally (reversed conv and ``reverse=True`` scan) on the same in_proj output; the two
     gated outputs are summed before out_proj. It has no recurrent state.
+
+    Packed sequences (``segment_ids``): the conv taps and the scans of both directions restart
+    at every sequence start.
     """
 
     output_projection = True
+    packs_segments = True
 
     def __init__(
         self,
@@ -209,12 +223,21 @@ class Mamba(SequenceLayer):
     def recurrent(self) -> bool:
         return not self.bidirectional
 
-    def __call__(self, x, mask=None, *, state: MambaCache | None = None, return_state=False):
+    def __call__(
+        self,
+        x,
+        mask=None,
+        *,
+        state: MambaCache | None = None,
+        return_state=False,
+        segment_ids=None,
+    ):
         """Parallel mode. x: (b, l, d), mask: (b, l) bool -> y: (b, l, d); padding is zeroed.
 
         Padded positions neither change the state nor enter the conv window of a valid position,
         so valid outputs do not depend on what the padding holds (nor on its length for padding
         at the ends). ``state``/``return_state``: the MambaCache to start from / to return.
+        ``segment_ids`` (b, l) ints: packed sequences, each run as if alone.
         """
         if state is not None or return_state:
             self.require_state("state in or out")
@@ -222,9 +245,9 @@ class Mamba(SequenceLayer):
         x, z = jnp.split(self.in_proj(x.astype(dtype)), 2, axis=-1)  # (b, l, e) each
         if mask is not None:  # padding never enters a valid position's conv window
             x = jnp.where(mask[..., None], x, 0)
-        y, cache = self.ssm(x, z, mask, state=state)
+        y, cache = self.ssm(x, z, mask, state=state, segment_ids=segment_ids)
         if self.ssm_reverse is not None:
-            y = y + self.ssm_reverse(x, z, mask, reverse=True)[0]
+            y = y + self.ssm_reverse(x, z, mask, reverse=True, segment_ids=segment_ids)[0]
         y = self.out_proj(y.astype(dtype))
         if mask is not None:
             y = jnp.where(mask[..., None], y, 0)

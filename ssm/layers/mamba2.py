@@ -53,10 +53,12 @@ class Mamba2(SequenceLayer):
 
     ``impl`` picks the SSD implementation (a name registered in ``SSD``); ``chunk_size`` goes to
     an implementation that takes one (``chunked``), ``impl_options`` are its other options.
-    Always causal, so it always has a recurrent state.
+    Always causal, so it always has a recurrent state. Packed sequences (``segment_ids``): the
+    conv taps and the SSD restart at every sequence start.
     """
 
     output_projection = True
+    packs_segments = True
 
     def __init__(
         self,
@@ -166,13 +168,21 @@ class Mamba2(SequenceLayer):
             options["chunk_size"] = self.chunk_size
         return options
 
-    def __call__(self, x, mask=None, *, state: Mamba2Cache | None = None, return_state=False):
+    def __call__(
+        self,
+        x,
+        mask=None,
+        *,
+        state: Mamba2Cache | None = None,
+        return_state=False,
+        segment_ids=None,
+    ):
         """Parallel mode. x: (b, l, d), mask: (b, l) bool -> y: (b, l, d); padding is zeroed.
 
         Padded positions enter no valid position's conv window and have Δ = 0 (the identity on
         the state), so valid outputs and the returned state (after the last valid position)
         do not depend on the padding. ``state``/``return_state``: the Mamba2Cache to start
-        from / to return.
+        from / to return. ``segment_ids`` (b, l) ints: packed sequences, each run as if alone.
         """
         dtype = self.compute_dtype(x)
         b, length, _ = x.shape
@@ -181,9 +191,8 @@ class Mamba2(SequenceLayer):
             xBC = jnp.where(mask[..., None], xBC, 0)
         history = None if state is None else state.conv.astype(dtype)
         weight, bias = self.conv_weight[...].astype(dtype), self.conv_bias[...].astype(dtype)
-        u, delta, B, C = self._heads(
-            nnx.silu(depthwise_conv(xBC, weight, bias, history=history)), dt
-        )
+        conv = depthwise_conv(xBC, weight, bias, history=history, segment_ids=segment_ids)
+        u, delta, B, C = self._heads(nnx.silu(conv), dt)
         if mask is not None:
             delta = jnp.where(mask[..., None], delta, 0.0)
         y, h = ssd(
@@ -194,6 +203,7 @@ class Mamba2(SequenceLayer):
             C,
             self.D[...],
             h0=None if state is None else state.ssm,
+            segment_ids=segment_ids,
             return_state=True,
             impl=self.impl,
             **self._ssd_options(u),
@@ -203,12 +213,14 @@ class Mamba2(SequenceLayer):
             y = jnp.where(mask[..., None], y, 0)
         if not return_state:
             return y
-        return y, Mamba2Cache(
-            conv=depthwise_conv_window(
-                xBC, self.conv_weight.shape[0], history=history, lengths=valid_lengths(mask)
-            ),
-            ssm=h,
+        window = depthwise_conv_window(
+            xBC,
+            self.conv_weight.shape[0],
+            history=history,
+            lengths=valid_lengths(mask),
+            segment_ids=segment_ids,
         )
+        return y, Mamba2Cache(conv=window, ssm=h)
 
     def initial_state(self, batch_size: int) -> Mamba2Cache:
         """Zero cache: conv window (b, k - 1, c) in the compute dtype, state (b, h, p, n) f32."""

@@ -118,15 +118,22 @@ class RGLRUCell(nnx.Module):
         multiplier = sqrt_bound_derivative(-jnp.expm1(2 * log_a), MAX_SQRT_GRADIENT)
         return jnp.exp(log_a), multiplier * gate_x * x.astype(jnp.float32)
 
-    def __call__(self, x, mask=None, *, h0=None):
-        """x (b, l, e), mask (b, l) bool, h0 (b, e) -> (h (b, l, e), h after the last valid
-        position (b, e)), float32. Padded positions are the identity (a = 1, b = 0)."""
+    def __call__(self, x, mask=None, *, h0=None, segment_ids=None):
+        """x (b, l, e), mask (b, l) bool, h0 (b, e), segment_ids (b, l) ints -> (h (b, l, e), h
+        after the last valid position (b, e)), float32. Padded positions are the identity
+        (a = 1, b = 0); h restarts from zero where a packed sequence starts."""
         a, b = self.coefficients(x)
         if mask is not None:
             a = jnp.where(mask[..., None], a, 1.0)
             b = jnp.where(mask[..., None], b, 0.0)
         return linear_scan(
-            a, b, h0=h0, return_state=True, impl=self.impl, **dict(self.impl_options)
+            a,
+            b,
+            h0=h0,
+            segment_ids=segment_ids,
+            return_state=True,
+            impl=self.impl,
+            **dict(self.impl_options),
         )
 
     def step(self, x_t, h):
@@ -148,10 +155,12 @@ class RGLRU(SequenceLayer):
     gates (1: dense gates), dividing e; [``min_rad``, ``max_rad``] the initial range of the base
     decay a (see ``RGLRUCell``). ``impl`` picks the linear-scan implementation (any name
     registered in ``LINEAR_SCAN``), ``impl_options`` its own options (``chunk_size``).
-    The block ends with its own output projection (``output_projection``).
+    The block ends with its own output projection (``output_projection``). Packed sequences
+    (``segment_ids``): the conv taps and the RG-LRU restart at every sequence start.
     """
 
     output_projection = True
+    packs_segments = True
 
     def __init__(
         self,
@@ -195,12 +204,21 @@ class RGLRU(SequenceLayer):
     def conv_params(self, dtype):
         return self.conv_weight[...].astype(dtype), self.conv_bias[...].astype(dtype)
 
-    def __call__(self, x, mask=None, *, state: RGLRUCache | None = None, return_state=False):
+    def __call__(
+        self,
+        x,
+        mask=None,
+        *,
+        state: RGLRUCache | None = None,
+        return_state=False,
+        segment_ids=None,
+    ):
         """Parallel mode. x: (b, l, d), mask: (b, l) bool -> y: (b, l, d); padding is zeroed.
 
         Padded positions leave the RG-LRU state unchanged and never enter a valid position's conv
         window; the returned cache is that after the last valid position of each row.
-        ``state``/``return_state``: the RGLRUCache to start from / to return.
+        ``state``/``return_state``: the RGLRUCache to start from / to return. ``segment_ids``
+        (b, l) ints: packed sequences, each run as if alone.
         """
         dtype = self.compute_dtype(x)
         x = x.astype(dtype)
@@ -209,19 +227,23 @@ class RGLRU(SequenceLayer):
         if mask is not None:
             u = jnp.where(mask[..., None], u, 0)
         history = None if state is None else state.conv.astype(dtype)
-        conv = depthwise_conv(u, *self.conv_params(dtype), history=history)
-        h, h_last = self.lru(conv, mask, h0=None if state is None else state.rnn)
+        weight, bias = self.conv_params(dtype)
+        conv = depthwise_conv(u, weight, bias, history=history, segment_ids=segment_ids)
+        h0 = None if state is None else state.rnn
+        h, h_last = self.lru(conv, mask, h0=h0, segment_ids=segment_ids)
         out = self.linear_out(h.astype(dtype) * y)
         if mask is not None:
             out = jnp.where(mask[..., None], out, 0)
         if not return_state:
             return out
-        return out, RGLRUCache(
-            conv=depthwise_conv_window(
-                u, self.conv_weight.shape[0], history=history, lengths=valid_lengths(mask)
-            ),
-            rnn=h_last,
+        window = depthwise_conv_window(
+            u,
+            self.conv_weight.shape[0],
+            history=history,
+            lengths=valid_lengths(mask),
+            segment_ids=segment_ids,
         )
+        return out, RGLRUCache(conv=window, rnn=h_last)
 
     def initial_state(self, batch_size: int) -> RGLRUCache:
         """Zero cache: conv window (b, k - 1, e) in the compute dtype, RG-LRU state (b, e) f32."""

@@ -88,7 +88,10 @@ class S5(SequenceLayer):
     ``bidirectional`` adds the reversed scan of the same Λ̄, B̄, read out by a second C̃ (as S5's
     C1, C2); it has no recurrent state. ``impl`` picks the ``LINEAR_SCAN`` implementation. Math
     is float32 / complex64 whatever ``dtype``; the state is (b, n) complex64.
+    Packed sequences (``segment_ids``): both scans restart at every sequence start.
     """
+
+    packs_segments = True
 
     def __init__(
         self,
@@ -190,11 +193,11 @@ class S5(SequenceLayer):
         y = jnp.einsum("...nc,hnc->...h", parts, _pair(C), precision=HIGHEST)
         return 2.0 * y if self.conj_sym else y
 
-    def __call__(self, x, mask=None, *, state=None, return_state=False):
+    def __call__(self, x, mask=None, *, state=None, return_state=False, segment_ids=None):
         """Parallel mode.  x: (b, l, h) -> y: (b, l, h); padded positions are zeroed.
 
         ``state`` (b, n) complex: the state before x[:, 0]. ``return_state``: also return the
-        state after the last valid position.
+        state after the last valid position. ``segment_ids`` (b, l) ints: packed sequences.
         """
         if state is not None or return_state:
             self.require_state("state in or out")
@@ -203,10 +206,11 @@ class S5(SequenceLayer):
             u = jnp.where(mask[..., None], u, 0.0)
         dA, dB, C = self.discrete()
         bu = self._inputs(u, dB)  # (b, l, n)
-        states, last = linear_scan(dA, bu, h0=state, return_state=True, impl=self.impl)
+        scan = dict(segment_ids=segment_ids, impl=self.impl)
+        states, last = linear_scan(dA, bu, h0=state, return_state=True, **scan)
         y = self._readout(states, C[0]) + self.D[...].astype(jnp.float32) * u
         if self.bidirectional:  # padded inputs are zero, so the reversed scan starts from zero
-            y = y + self._readout(linear_scan(dA, bu, reverse=True, impl=self.impl), C[1])
+            y = y + self._readout(linear_scan(dA, bu, reverse=True, **scan), C[1])
         if mask is not None:
             y = jnp.where(mask[..., None], y, 0.0)
         y = y.astype(self.compute_dtype(x))

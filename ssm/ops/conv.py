@@ -63,33 +63,49 @@ def long_conv(u, k, k_reverse=None, *, impl="auto"):
     return LONG_CONV(impl, u.astype(dtype), fit(k), k_reverse)
 
 
-def depthwise_conv_window(x, width, *, history=None, lengths=None):
+def _runs(segment_ids):
+    """(b, l) int32 index of each position's run of equal ids (0 for the first): two positions
+    are in one packed sequence iff their runs are equal."""
+    return jnp.cumsum(reference.segment_starts(segment_ids), axis=1, dtype=jnp.int32)
+
+
+def depthwise_conv_window(x, width, *, history=None, lengths=None, segment_ids=None):
     """The ``history`` that continues ``depthwise_conv`` after each row's last valid input.
 
     Args:
       x: (b, l, e).   width: the conv width k.   history: optional (b, k - 1, e) inputs before
       x[0] (zeros if None).   lengths: optional (b,) valid lengths (right padding); None: all l.
+      segment_ids: optional (b, l) ints (packed sequences): inputs of an earlier sequence than
+        the last valid input's are zeroed; history belongs to the first.
 
     Returns:
       (b, k - 1, e): the last k - 1 valid inputs of history ‖ x.
     """
+    b, length, _ = x.shape
     if history is None:
-        history = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
+        history = jnp.zeros((b, width - 1, x.shape[2]), x.dtype)
     inputs = jnp.concatenate([history.astype(x.dtype), x], axis=1)  # (b, k - 1 + l, e)
     if lengths is None:
-        return inputs[:, inputs.shape[1] - (width - 1) :]
+        lengths = jnp.full((b,), length, jnp.int32)
     index = lengths[:, None] + jnp.arange(width - 1)[None, :]  # (b, k - 1)
-    return jnp.take_along_axis(inputs, index[..., None], axis=1)
+    window = jnp.take_along_axis(inputs, index[..., None], axis=1)
+    if segment_ids is None:
+        return window
+    runs = jnp.take_along_axis(jnp.pad(_runs(segment_ids), [(0, 0), (width - 1, 0)]), index, 1)
+    return jnp.where((runs == runs[:, -1:])[..., None], window, 0)
 
 
-def depthwise_conv(x, weight, bias, *, history=None, reverse: bool = False):
+def depthwise_conv(x, weight, bias, *, history=None, reverse: bool = False, segment_ids=None):
     """Causal depthwise conv: y[t] = bias + sum_j weight[j] x[t - (k - 1) + j].
 
     The k - 1 inputs before x[0] are ``history`` (zeros if None), so a sequence can be continued.
     With ``reverse`` it is anti-causal: y[t] = bias + sum_j weight[j] x[t + (k - 1) - j].
+    With ``segment_ids`` (packed sequences) a tap that reaches into another sequence than t's
+    sees zero; history belongs to the first sequence of each row.
 
     Args:
       x: (b, l, e).   weight: (k, e).   bias: (e,).   history: optional (b, k - 1, e).
+      segment_ids: optional (b, l) ints; a new sequence starts where the id changes.
 
     Returns:
       (b, l, e) in x.dtype.
@@ -97,11 +113,20 @@ def depthwise_conv(x, weight, bias, *, history=None, reverse: bool = False):
     if reverse:
         if history is not None:
             raise ValueError("depthwise_conv: history (a causal state) cannot be used with reverse")
-        return jnp.flip(depthwise_conv(jnp.flip(x, 1), weight, bias), 1)
+        segment_ids = None if segment_ids is None else jnp.flip(segment_ids, 1)
+        return jnp.flip(depthwise_conv(jnp.flip(x, 1), weight, bias, segment_ids=segment_ids), 1)
     width, length = weight.shape[0], x.shape[1]
     if history is None:
         padded = jnp.pad(x, [(0, 0), (width - 1, 0), (0, 0)])
     else:
         padded = jnp.concatenate([history.astype(x.dtype), x], axis=1)
-    y = sum(padded[:, j : j + length] * weight[j] for j in range(width))
+    taps = [padded[:, j : j + length] for j in range(width)]  # (b, l, e) each
+    if segment_ids is not None:
+        runs = _runs(segment_ids)
+        padded_runs = jnp.pad(runs, [(0, 0), (width - 1, 0)])  # history: run 0
+        taps = [
+            jnp.where((padded_runs[:, j : j + length] == runs)[..., None], tap, 0)
+            for j, tap in enumerate(taps)
+        ]
+    y = sum(tap * weight[j] for j, tap in enumerate(taps))
     return (y + bias).astype(x.dtype)

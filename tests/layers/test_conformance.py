@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from ssm.layers import LAYERS, NoRecurrentState
+from ssm.layers.base import packing_layers
 from ssm.params import SSMParam
 
 # layer name -> {config id: options}; bidirectional, sgconv and dss-softmax configs have no
@@ -107,9 +108,15 @@ def inputs(length=LENGTH, seed=1, dtype=jnp.float32):
     return jax.random.normal(jax.random.key(seed), (BATCH, length, D_MODEL)).astype(dtype)
 
 
+# Configs of the layers that take segment_ids (packed sequences).
+PACKING_CASES = [case for case in CASES if LAYERS.get(case.values[0]).packs_segments]
+# The sequence lengths packed in each row (the second one right-padded), one shorter than a conv.
+PACKED = ([5, 7], [4, 3, 2])
+
+
 @nnx.jit(static_argnames="return_state")
-def forward(layer, x, mask=None, state=None, return_state=False):
-    return layer(x, mask, state=state, return_state=return_state)
+def forward(layer, x, mask=None, state=None, return_state=False, segment_ids=None):
+    return layer(x, mask, state=state, return_state=return_state, segment_ids=segment_ids)
 
 
 @nnx.jit
@@ -195,6 +202,73 @@ def test_layer_padded_positions_change_nothing(name, options, impl):
         else:
             y_alone = forward(layer, alone)
         assert_close(y[row : row + 1, :length], y_alone, what=f"row {row}")
+
+
+def packed_rows():
+    """(segment_ids (b, l), mask (b, l), pieces [(row, start, stop)]) of ``PACKED``; padding
+    has an id of its own, which must not matter."""
+    segment_ids, mask, pieces = np.zeros((BATCH, LENGTH), np.int32), [], []
+    for row, lengths in enumerate(PACKED):
+        for i, start in enumerate(np.cumsum([0, *lengths[:-1]])):
+            stop = start + lengths[i]
+            segment_ids[row, start:stop] = 3 * i + 1
+            pieces.append((row, start, stop))
+        mask.append(np.arange(LENGTH) < sum(lengths))
+    return jnp.asarray(segment_ids), jnp.asarray(np.stack(mask)), pieces
+
+
+@pytest.mark.parametrize("name, options, impl", PACKING_CASES)
+def test_layer_packed_rows_equal_their_sequences_run_apart(name, options, impl):
+    layer = make_layer(name, options, impl)
+    segment_ids, mask, pieces = packed_rows()
+    x = jnp.where(mask[..., None], inputs(), 100.0)
+    longest = max(map(max, PACKED))
+    apart = jnp.stack(
+        [
+            jnp.pad(x[row, start:stop], [(0, longest - stop + start), (0, 0)])
+            for row, start, stop in pieces
+        ]
+    )
+    apart_mask = (
+        jnp.arange(longest)[None] < jnp.array([stop - start for _, start, stop in pieces])[:, None]
+    )
+    if not layer.recurrent:
+        y = forward(layer, x, mask, segment_ids=segment_ids)
+        y_apart = forward(layer, apart, apart_mask)
+    else:  # a given state continues each row's first sequence; the state out is the last's
+        _, state = forward(layer, inputs(3, seed=2), return_state=True)
+        rows = np.array([row for row, _, _ in pieces])
+        first = np.array([start == 0 for _, start, _ in pieces])
+        apart_state = jax.tree.map(
+            lambda s, zero: jnp.where(first.reshape(-1, *[1] * (s.ndim - 1)), s[rows], zero),
+            state,
+            layer.initial_state(len(pieces)),
+        )
+        y, final = forward(layer, x, mask, state=state, return_state=True, segment_ids=segment_ids)
+        y_apart, final_apart = forward(
+            layer, apart, apart_mask, state=apart_state, return_state=True
+        )
+        last = [max(i for i, piece in enumerate(pieces) if piece[0] == row) for row in range(BATCH)]
+        assert_states_close(final, jax.tree.map(lambda s: s[np.array(last)], final_apart))
+    np.testing.assert_array_equal(y[~mask], 0.0)
+    for i, (row, start, stop) in enumerate(pieces):
+        assert_close(
+            y[row, start:stop], y_apart[i, : stop - start], what=f"row {row} [{start}:{stop}]"
+        )
+
+
+@pytest.mark.parametrize(
+    "name", [name for name in sorted(CONFIGS) if not LAYERS.get(name).packs_segments]
+)
+def test_layer_without_packed_sequences_refuses_segment_ids_in_one_line_naming_those_with(name):
+    layer = make_layer(name, next(iter(CONFIGS[name].values())), None)
+    with pytest.raises(ValueError) as error:
+        layer(inputs(), segment_ids=jnp.zeros((BATCH, LENGTH), jnp.int32))
+    assert str(error.value) == (
+        f"{type(layer).__name__} does not take segment_ids (packed sequences); "
+        f"layers that do: {', '.join(packing_layers())}"
+    )
+    assert "mamba" in packing_layers()
 
 
 @pytest.mark.parametrize("name, options, impl", CASES)

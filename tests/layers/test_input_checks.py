@@ -91,6 +91,17 @@ def test_layer_rejects_a_mask_not_b_l_in_one_line(name, options):
     assert message.endswith(f"mask of shape (b, l) = ({BATCH}, 12), got ({BATCH}, 3)")
 
 
+@pytest.mark.parametrize(
+    "name, options", [case for case in FIRST if LAYERS.get(case.values[0]).packs_segments]
+)
+@pytest.mark.parametrize("segment_ids", [jnp.zeros((BATCH, 3), int), jnp.zeros((BATCH, 12))])
+def test_layer_rejects_segment_ids_not_b_l_ints_in_one_line(name, options, segment_ids):
+    layer = make(name, options)
+    message = one_line_error(ValueError, layer, inputs(), segment_ids=segment_ids)
+    assert message.startswith(f"{type(layer).__name__} expects segment_ids of integers of shape")
+    assert message.endswith(f"{segment_ids.dtype} of shape {segment_ids.shape}")
+
+
 @pytest.mark.parametrize("name, options", ALL)
 def test_layer_step_rejects_x_t_not_b_d_model_in_one_line(name, options):
     layer = make(name, options)
