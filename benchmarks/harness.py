@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 MB = 2**20
+INTERPRETED_ON_CPU = frozenset({"pallas"})  # kernels that CPU only interprets: no timing there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +189,10 @@ def main(bench, argv=None, doc=""):
     args = parser.parse_args(argv)
     device = jax.devices()[0]
     print(f"{bench.name} on {device.device_kind} ({device.platform}), {args.dtype}")
+    if device.platform == "cpu" and not args.impls and INTERPRETED_ON_CPU & set(impls):
+        impls = [impl for impl in impls if impl not in INTERPRETED_ON_CPU]
+        skipped = ", ".join(sorted(INTERPRETED_ON_CPU))
+        print(f"not timed on CPU, where they run interpreted: {skipped} (--impls to time them)")
     print_header(bench.shape_keys)
     rows = run(bench, bench.shapes[args.shapes], args.impls or impls, args.dtype, args.repeats)
     for row in rows:
