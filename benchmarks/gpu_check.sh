@@ -25,7 +25,7 @@ python3 -m pytest -q -p no:cacheprovider tests/ops tests/layers tests/models tes
 for dtype in float32 bfloat16; do
   python3 -m benchmarks.linear_scan --shapes reference --dtype "$dtype" --out "$OUT/$dtype" \
     2>&1 | tee "$OUT/bench_linear_scan_$dtype.log"
-  python3 -m benchmarks.ssd --shapes reference --impls reference chunked --dtype "$dtype" \
+  python3 -m benchmarks.ssd --shapes reference --impls reference chunked pallas --dtype "$dtype" \
     --out "$OUT/$dtype" 2>&1 | tee "$OUT/bench_ssd_$dtype.log"
 done
 python3 -m benchmarks.kernels --shapes reference --out "$OUT/float32" \

@@ -19,7 +19,9 @@ Implementations:
 - ``reference``: step by step, the selective scan's reference on h·p channels;
 - ``quadratic``: the masked "attention" form y = (L ∘ C Bᵀ) (Δ x), O(l²), a second reference;
 - ``chunked``: the four-step SSD algorithm: the quadratic form inside chunks of ``chunk_size``,
-  each chunk's final state, a recurrence over chunk states, and the states' outputs.
+  each chunk's final state, a recurrence over chunk states, and the states' outputs;
+- ``pallas``: a Pallas kernel, one program per (row, head) carrying its state over chunks of
+  matmuls, forward and backward (``ssm.ops.pallas.ssd``); interpreted on CPU.
 
 Decays exp(Σ Δ A) over a span are formed from segment sums (a cumulative sum of the masked
 per-step log-decays, never the difference of two large cumulative sums), so they stay exact for
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 from ssm.ops import reference
 from ssm.ops.dispatch import Op
 from ssm.ops.numerics import HIGHEST, compute_dtype
+from ssm.ops.pallas import ssd as pallas_ssd
 from ssm.ops.selective_scan import _delta, _skip_and_gate
 
 SHORT = 64  # up to this length the quadratic form is the cheapest exact one
@@ -132,6 +135,9 @@ def _quadratic(x, dt, A, B, C, h0, restart):
     return _quadratic_block(
         x, dt, A, _expand_groups(B, heads), _expand_groups(C, heads), h0, restart
     )
+
+
+SSD.register("pallas")(pallas_ssd.ssd)
 
 
 @SSD.register("chunked")

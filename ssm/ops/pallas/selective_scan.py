@@ -35,7 +35,7 @@ BLOCKS = {"gpu": {"time_block": 16, "d_block": 32}, "cpu": {"time_block": 16, "d
 FACTOR_LIMIT = 40.0  # exp(40) * |u| * T stays far below float32's 3e38
 
 
-def _row(a, index):
+def row(a, index):
     """a[index] along axis 0 by a one-hot reduction (no slices of in-register arrays)."""
     rows = jnp.arange(a.shape[0]).reshape((-1,) + (1,) * (a.ndim - 1))
     return jnp.sum(jnp.where(rows == index, a, 0), axis=0)
@@ -128,7 +128,7 @@ def _forward_kernel(
         u = (dt * x_ref[rows, :])[:, :, None] * B[:, None, :]
         states = _block_states(h, dt, A, u, r_ref[rows], factor_limit)
         y_ref[rows, :] = jnp.sum(states * C_ref[rows, :][:, None, :], axis=-1)
-        return _row(states, T - 1)
+        return row(states, T - 1)
 
     h_ref[...] = jax.lax.fori_loop(0, x_ref.shape[0] // T, block, h0_ref[...])
 
@@ -159,8 +159,8 @@ def _backward_kernel(
         gB_ref[rows, :] = jnp.sum(lam * dtx[:, :, None], axis=1)
         gC_ref[rows, :] = jnp.sum(gy[:, :, None] * states, axis=1)
         gA = gA + jnp.sum(lam * decayed * dt[:, :, None], axis=0)
-        first_decay = jnp.exp(A * _row(dt, 0)[:, None]) * (1 - _row(restart, 0))
-        return first_decay * _row(lam, 0), gA
+        first_decay = jnp.exp(A * row(dt, 0)[:, None]) * (1 - row(restart, 0))
+        return first_decay * row(lam, 0), gA
 
     g, gA = jax.lax.fori_loop(0, blocks, block, (gh_ref[...], jnp.zeros_like(A)))
     gh0_ref[...], gA_ref[...] = g, gA
