@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session, most wanted first: the Pallas selective scan compiled (its equivalence tests),
+# One GPU session, most wanted first: the Pallas kernels compiled (their equivalence tests),
 # then the selective-scan benchmark at the reference shape (b=4, l=8192, d=1536, n=16), every impl
 # with pallas, fp32 and bf16; a Mamba LM trained 300 steps with impl=chunked and impl=pallas (loss
 # curves, plot); then the compiled equivalence tests of ops/layers/models, the linear-scan
@@ -12,8 +12,8 @@ export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 OUT="${OUT:-outputs/gpu}"
 mkdir -p "$OUT"
 python3 -c "import jax; print(jax.__version__, jax.devices())" 2>&1 | tee "$OUT/device.txt"
-python3 -m pytest -q -p no:cacheprovider tests/ops/test_pallas_selective_scan.py \
-  tests/ops/test_selective_scan.py -k pallas 2>&1 | tee "$OUT/pytest_pallas.log" | tail -15
+python3 -m pytest -q -p no:cacheprovider tests/ops/test_pallas_*.py tests/ops/test_selective_scan.py \
+  tests/ops/test_ssd.py tests/ops/test_linear_scan.py -k pallas 2>&1 | tee "$OUT/pytest_pallas.log" | tail -15
 for dtype in float32 bfloat16; do
   python3 -m benchmarks.selective_scan --shapes reference --dtype "$dtype" --out "$OUT/$dtype" \
     2>&1 | tee "$OUT/bench_$dtype.log"

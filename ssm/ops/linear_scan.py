@@ -13,7 +13,10 @@ Implementations:
 - ``reference``: step by step with ``lax.scan`` (``ssm.ops.reference``);
 - ``associative``: one ``lax.associative_scan`` over the whole sequence;
 - ``chunked``: associative scans inside chunks of ``chunk_size`` steps and a sequential carry
-  across chunks, rematerialized per chunk: the backward keeps only chunk-boundary states.
+  across chunks, rematerialized per chunk: the backward keeps only chunk-boundary states;
+- ``pallas``: a Pallas kernel stepping blocks of T steps in registers, real or complex, whose
+  backward is the same kernel on reversed time (``ssm.ops.pallas.linear_scan``); interpreted
+  on CPU.
 
 Complex a and b stay complex: XLA multiplies and adds complex64 natively on CPU, GPU and TPU,
 so splitting into real pairs would only add code (and a 4-multiply complex product is what XLA
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 from ssm.ops import reference
 from ssm.ops.dispatch import Op
 from ssm.ops.numerics import compute_dtype
+from ssm.ops.pallas import linear_scan as pallas_linear_scan
 
 
 def _auto(platform, a, b, h0):
@@ -57,6 +61,9 @@ def _associative(a, b, h0):
     b = b.at[:, 0].add(a[:, 0] * h0)
     _, h = jax.lax.associative_scan(compose_affine, (a, b), axis=1)
     return h, h[:, -1]
+
+
+LINEAR_SCAN.register("pallas")(pallas_linear_scan.linear_scan)
 
 
 @LINEAR_SCAN.register("chunked")
