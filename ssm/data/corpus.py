@@ -19,6 +19,11 @@ split, files are concatenated in sorted order, each followed by one b"\\n". With
 files, the concatenated stream (same rule) is cut by bytes instead: the first 90% train, then 5%
 validation, then 5% test (each at least 1 byte).
 
+``packed=True``: each window also has ``segment_ids`` (seq_len,) int32, the index in its split
+of the file each byte is from (its separator included), found from the files' sizes; a window
+across a file boundary is then a packed row, whose files the layers and the causal_lm targets
+keep apart.
+
 Size of the default on CPython 3.11.7 (split_seed 0): 1,790 files, 31.5 MB; train 1,610 files /
 28.1 MB, validation 90 / 1.8 MB, test 90 / 1.6 MB (55k / 3.5k / 3.1k windows of 512). Building it
 once takes about 1 s on a CPU.
@@ -177,6 +182,22 @@ def byte_cuts(n_bytes: int) -> dict[str, tuple[int, int]]:
     return {split: (cuts[i], cuts[i + 1]) for i, split in enumerate(SPLITS)}
 
 
+def document_starts(corpus: Corpus, split_seed: int) -> dict[str, np.ndarray]:
+    """Split name -> (n_docs,) int64 offsets in its stream where each file (document) starts,
+    from the files' sizes (the split rule of the module docstring; a cut by bytes starts its
+    split inside a file, which is then its first document)."""
+    sizes = np.array([p.stat().st_size + len(SEPARATOR) for p in corpus.paths()], np.int64)
+    parts = split_files(len(sizes), split_seed)
+    if parts is not None:
+        return {split: np.cumsum(sizes[rows]) - sizes[rows] for split, rows in parts.items()}
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    return {
+        split: np.maximum(starts[(ends > a) & (starts < b)], a) - a
+        for split, (a, b) in byte_cuts(int(ends[-1])).items()
+    }
+
+
 def _read_stream(paths: list[Path]) -> bytes:
     return b"".join(path.read_bytes() + SEPARATOR for path in paths)
 
@@ -286,17 +307,20 @@ class Wikitext103(ByteCorpus):
 class ByteWindows:
     """Random-access non-overlapping windows of a split's byte stream.
 
-    ``source[i]`` = {"inputs": (seq_len,) int32 bytes, zero-padded past the end, "length": int};
+    ``source[i]`` = {"inputs": (seq_len,) int32 bytes, zero-padded past the end, "length": int},
+    and with ``starts`` "segment_ids": (seq_len,) int32, the document each byte belongs to (a
+    window across a document boundary is a packed row; padding is in the last document);
     ``len(source) = ceil(len(stream) / seq_len)``. The stream is read from the stored blocks on
     first use; pickling keeps the block source (paths, not open handles) and drops the stream.
 
     Args:
         blocks: random-access stored blocks (examples ``{"bytes": (n,) uint8}``), in order.
         seq_len: window length.
+        starts: optional (n_docs,) increasing offsets in the stream where each document starts.
     """
 
-    def __init__(self, blocks, seq_len: int):
-        self.blocks, self.seq_len = blocks, seq_len
+    def __init__(self, blocks, seq_len: int, starts: np.ndarray | None = None):
+        self.blocks, self.seq_len, self.starts = blocks, seq_len, starts
         self._stream: np.ndarray | None = None
 
     def stream(self) -> np.ndarray:
@@ -318,7 +342,12 @@ class ByteWindows:
         window = self.stream()[start : start + self.seq_len]
         inputs = np.zeros(self.seq_len, dtype=np.int32)
         inputs[: len(window)] = window
-        return {"inputs": inputs, "length": len(window)}
+        example = {"inputs": inputs, "length": len(window)}
+        if self.starts is not None:
+            positions = start + np.arange(self.seq_len)
+            documents = np.searchsorted(self.starts, positions, side="right") - 1
+            example["segment_ids"] = documents.astype(np.int32)
+        return example
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_stream": None}
@@ -331,6 +360,7 @@ def bytes_corpus(
     seq_len: PositiveInt = 512,
     split_seed: NonNegativeInt = 0,
     data_dir: str | None = None,
+    packed: bool = False,
 ) -> Dataset:
     """A byte-level corpus as windows of seq_len bytes, built under ``data_dir`` on first use.
 
@@ -340,6 +370,8 @@ def bytes_corpus(
         seq_len: l, bytes per window.
         split_seed: seed of the by-file train/validation/test split.
         data_dir: TFDS data directory; None means ``$SSM_DATA_DIR`` or ``~/.cache/ssm_jax/tfds``.
+        packed: each window also gives ``segment_ids``, the file each byte is from (index in
+            its split), so a window across files is a packed row (see ``ByteWindows``).
     """
     corpus = stdlib_corpus() if path is None else path_corpus(path)
     n_bytes = corpus.stream_bytes()
@@ -350,15 +382,24 @@ def bytes_corpus(
         )
     config = config_for(corpus, split_seed, stdlib=path is None)
     builder = prepare_builder(ByteCorpus, data_dir=data_dir, config=config)
-    return _windows("bytes", builder, seq_len)
+    starts = document_starts(corpus, split_seed) if packed else None
+    return _windows("bytes", builder, seq_len, starts)
 
 
-def _windows(name: str, builder: ByteCorpus, seq_len: int) -> Dataset:
-    """The byte-level Dataset of a prepared corpus builder, in windows of ``seq_len``."""
+def _windows(
+    name: str, builder: ByteCorpus, seq_len: int, starts: dict[str, np.ndarray] | None = None
+) -> Dataset:
+    """The byte-level Dataset of a prepared corpus builder, in windows of ``seq_len``, packed
+    with each split's document ``starts`` if given."""
     spec = DatasetSpec(
         name, seq_len=seq_len, num_classes=VOCAB_SIZE, vocab_size=VOCAB_SIZE, byte_level=True
     )
-    sources = {split: ByteWindows(builder.as_data_source(split=split), seq_len) for split in SPLITS}
+    sources = {
+        split: ByteWindows(
+            builder.as_data_source(split=split), seq_len, None if starts is None else starts[split]
+        )
+        for split in SPLITS
+    }
     return Dataset(spec=spec, sources=sources)
 
 

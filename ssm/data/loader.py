@@ -20,7 +20,8 @@ def _time_axis(example: dict) -> int:
 
 def _with_mask(example: dict) -> dict[str, np.ndarray]:
     """Example -> ``inputs`` (l, d) or (l,), ``mask`` (l,) bool, ``label`` () or (l,) int32,
-    and ``label_mask`` (l,) bool for per-position targets scored at some positions only.
+    ``label_mask`` (l,) bool for per-position targets scored at some positions only, and
+    ``segment_ids`` (l,) int32 for packed rows.
 
     Pairs (``length`` of shape (2,)) have inputs (2, l[, d]) and mask (2, l).
     """
@@ -34,6 +35,8 @@ def _with_mask(example: dict) -> dict[str, np.ndarray]:
         batch["label"] = np.asarray(example["label"], np.int32)
     if "label_mask" in example:
         batch["label_mask"] = np.asarray(example["label_mask"], bool)
+    if "segment_ids" in example:
+        batch["segment_ids"] = np.asarray(example["segment_ids"], np.int32)
     return batch
 
 
@@ -57,7 +60,7 @@ def _collate(examples: Sequence[dict], length: int | None = None) -> dict[str, n
     longest = max(int(e["mask"].sum(axis=axis).max()) for e in examples)
     if longest > length:
         raise ValueError(f"an example has {longest} valid positions, more than length {length}")
-    timed = {"inputs", "mask", "label_mask"}
+    timed = {"inputs", "mask", "label_mask", "segment_ids"}
     if "label" in examples[0] and examples[0]["label"].ndim:
         timed.add("label")
     return {
@@ -70,7 +73,8 @@ class Loader:
     """Batches of a random-access source, shuffled per epoch and padded.
 
     Each batch is a dict of numpy arrays: ``inputs`` (b, l, d) float32 or (b, l) int32,
-    ``mask`` (b, l) bool (True at valid positions), ``label`` (b,) int32. ``l`` is ``pad_to``,
+    ``mask`` (b, l) bool (True at valid positions), ``label`` (b,) int32, and ``segment_ids``
+    (b, l) int32 for a source of packed rows. ``l`` is ``pad_to``,
     else the longest ``inputs`` in the batch (so a source of equal-length examples keeps its
     length). Padding beyond an example's ``length`` may be cut.
 

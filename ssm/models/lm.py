@@ -146,16 +146,19 @@ class LanguageModel(nnx.Module):
     def _logits(self, h):
         return self.embedding.attend(self.final_norm(h)).astype(jnp.float32)
 
-    def __call__(self, tokens, *, state=None, return_state=False):
+    def __call__(self, tokens, *, state=None, return_state=False, segment_ids=None):
         """Parallel mode. tokens: (b, l) int -> logits (b, l, v) float32 [and the state].
 
         ``state``: a state from ``initial_state`` or an earlier call to continue from;
         ``return_state``: also return the state after the last position (prompt prefill).
+        ``segment_ids``: (b, l) ints, packed rows (a layer with ``packs_segments``): each
+        sequence is run as if alone (``state`` continues the first of each row).
         """
         h = self.embedding(tokens).astype(jnp.float32)
         states = [None] * self.n_layers if state is None else list(state)
+        run = dict(train=False, key=None, return_state=return_state, segment_ids=segment_ids)
         for i, block in enumerate(self.blocks):
-            out = block(h, None, train=False, key=None, state=states[i], return_state=return_state)
+            out = block(h, None, state=states[i], **run)
             h, states[i] = out if return_state else (out, None)
         logits = self._logits(h)
         return (logits, tuple(states)) if return_state else logits

@@ -75,12 +75,13 @@ class ResidualBlock(nnx.Module):
         x = x + z
         return x if self.prenorm else self._norm(x, mask, train)
 
-    def __call__(self, x, mask, *, train, key, state=None, return_state=False):
-        """x: (b, l, d), mask: (b, l) bool or None -> (b, l, d) [and the layer's state]."""
+    def __call__(self, x, mask, *, train, key, state=None, return_state=False, segment_ids=None):
+        """x: (b, l, d), mask: (b, l) bool or None, segment_ids: (b, l) ints or None (packed
+        rows, for a layer with ``packs_segments``) -> (b, l, d) [and the layer's state]."""
         z = self._norm(x, mask, train) if self.prenorm else x
         if state is None and not return_state:
-            return self._update(x, self.layer(z, mask), mask, train, key)
-        z, state = self.layer(z, mask, state=state, return_state=True)
+            return self._update(x, self.layer(z, mask, segment_ids=segment_ids), mask, train, key)
+        z, state = self.layer(z, mask, state=state, return_state=True, segment_ids=segment_ids)
         x = self._update(x, z, mask, train, key)
         return (x, state) if return_state else x
 
@@ -103,7 +104,8 @@ class SequenceModel(nnx.Module):
 
     With pooling "none" and recurrent layers it is also a causal language model: the parallel
     mode starts from and returns a state (one per block), ``step`` runs one position, and
-    ``ssm.models.generate`` samples from it.
+    ``ssm.models.generate`` samples from it. With pooling "none" it also takes packed rows
+    (``segment_ids``, for layers with ``packs_segments``): each sequence runs as if alone.
     """
 
     @checks_numbers
@@ -155,19 +157,34 @@ class SequenceModel(nnx.Module):
         self.num_classes = num_classes
 
     def __call__(
-        self, x, mask=None, *, train: bool = False, key=None, state=None, return_state=False
+        self,
+        x,
+        mask=None,
+        *,
+        train: bool = False,
+        key=None,
+        state=None,
+        return_state=False,
+        segment_ids=None,
     ):
         """x: (b, l, d_input) or (b, l) tokens; mask: (b, l) bool; key: dropout PRNG key.
 
         ``state`` (from ``initial_state`` or an earlier call) and ``return_state`` need pooling
         "none": the output is then (logits (b, l, num_classes), state after the last position).
+        ``segment_ids`` (b, l) ints (packed rows) need pooling "none" too.
         """
         if train and key is None:
             raise ValueError("SequenceModel(train=True) needs a dropout key")
+        if segment_ids is not None and (self.pooling != "none" or self.paired):
+            raise ValueError(
+                "SequenceModel packed rows (segment_ids) need pooling 'none' and unpaired inputs"
+            )
         if state is not None or return_state:
             if self.pooling != "none" or self.paired:
                 raise ValueError("a SequenceModel state needs pooling 'none' and unpaired inputs")
-            h, state = self.features(x, mask, train, key, state=state, return_state=True)
+            h, state = self.features(
+                x, mask, train, key, state=state, return_state=True, segment_ids=segment_ids
+            )
             return self.head(h), state
         if self.paired:
             b = x.shape[0]
@@ -175,23 +192,22 @@ class SequenceModel(nnx.Module):
             h = self.features(x.reshape(2 * b, *x.shape[2:]), mask, train, key).reshape(b, 2, -1)
             u, v = h[:, 0], h[:, 1]
             return self.head(jnp.concatenate([u, v, u * v, u - v], axis=-1))
-        return self.head(self.features(x, mask, train, key))
+        return self.head(self.features(x, mask, train, key, segment_ids=segment_ids))
 
-    def features(self, x, mask, train, key, *, state=None, return_state=False):
+    def features(self, x, mask, train, key, *, state=None, return_state=False, segment_ids=None):
         """Pooled backbone features: (b, d_model), or (b, l, d_model) with pooling "none"
-        [and the blocks' states after the last position]."""
+        [and the blocks' states after the last position]; ``segment_ids`` go to every layer."""
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)
         h = self.encoder(x)
         states = [None] * len(self.blocks) if state is None else list(state)
         for i, block in enumerate(self.blocks):
             block_key = None if key is None else jax.random.fold_in(key, i)
+            run = dict(train=train, key=block_key, segment_ids=segment_ids)
             if return_state:
-                h, states[i] = block(
-                    h, mask, train=train, key=block_key, state=states[i], return_state=True
-                )
+                h, states[i] = block(h, mask, **run, state=states[i], return_state=True)
             else:
-                h = block(h, mask, train=train, key=block_key)
+                h = block(h, mask, **run)
         h = self._final(h)
         if return_state:
             return h, tuple(states)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ssm.config import ConfigError, options_of
 from ssm.data import Loader, get_dataset
+from ssm.layers.base import packing_layers
 from ssm.models import SequenceModel, generate
 from ssm.train.checkpoint import Checkpoints, all_finite
 from ssm.train.config import ExperimentConfig, run_config
@@ -165,6 +166,13 @@ class Trainer:
         steps_per_epoch = self.train_loader.steps_per_epoch
         self.total_steps = tc.max_steps if tc.max_steps is not None else tc.epochs * steps_per_epoch
         model = build_model(config, spec, tc.seed)
+        packed = "segment_ids" in self.dataset.source("train")[0]
+        if packed and tc.objective == "causal_lm" and not model.blocks[0].layer.packs_segments:
+            raise ConfigError(
+                f"dataset {spec.name!r} gives packed rows (segment_ids), which layer="
+                f"{config.layer_name} does not take; valid: {', '.join(packing_layers())} "
+                "(or dataset.packed=false)"
+            )
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(
             config.optimizer, config.scheduler, self.total_steps, param_labels(params)
@@ -222,9 +230,13 @@ class Trainer:
             )
         return batch["inputs"], batch["label"], scored(batch)
 
-    def _apply(self, params, rest, inputs, mask, *, train, key=None):
+    def _segment_ids(self, batch):
+        """A causal_lm batch's ``segment_ids`` (b, l) (packed rows), else None."""
+        return batch.get("segment_ids") if self.config.trainer.objective == "causal_lm" else None
+
+    def _apply(self, params, rest, inputs, mask, *, train, key=None, segment_ids=None):
         model = nnx.merge(self.graphdef, params, rest)
-        logits = model(inputs, mask, train=train, key=key)
+        logits = model(inputs, mask, train=train, key=key, segment_ids=segment_ids)
         return logits, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
 
     def _gradients(self, params, rest, batch, key):
@@ -241,7 +253,13 @@ class Trainer:
 
             def loss_fn(params):
                 logits, new_rest = self._apply(
-                    params, rest, inputs, micro["mask"], train=True, key=micro_key
+                    params,
+                    rest,
+                    inputs,
+                    micro["mask"],
+                    train=True,
+                    key=micro_key,
+                    segment_ids=self._segment_ids(micro),
                 )
                 stats = loss_and_metrics(logits, labels, positions, weights)[1]
                 return stats["loss_sum"], (new_rest, stats)
@@ -282,7 +300,10 @@ class Trainer:
 
     def _eval_step(self, params, rest, batch, key):
         inputs, labels, positions = self._targets(batch, key)
-        logits, _ = self._apply(params, rest, inputs, batch["mask"], train=False)
+        segment_ids = self._segment_ids(batch)
+        logits, _ = self._apply(
+            params, rest, inputs, batch["mask"], train=False, segment_ids=segment_ids
+        )
         return loss_and_metrics(logits, labels, positions, batch["weight"])[1]
 
     def summary(self, sums: dict, prefix: str) -> dict[str, float]:

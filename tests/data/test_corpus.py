@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssm.data import Loader, dataset_options_class, get_dataset
 from ssm.data import corpus as corpus_module
-from ssm.data import dataset_options_class, get_dataset
 from ssm.data.corpus import ENWIK8, SEPARATOR, WIKITEXT103, byte_cuts, stdlib_corpus
 from ssm.data.manual import MissingDataError
 
@@ -202,6 +202,58 @@ def test_sources_pickle_without_their_stream_and_read_the_same_windows(dataset):
         assert a["length"] == b["length"]
 
 
+def assert_segment_ids_are_the_files(source, files: list[bytes]) -> None:
+    """Each window's ``segment_ids`` is the index of the file (with its separator) each byte of
+    ``source`` is from, ``files`` in stream order; padding is in the last file."""
+    examples = windows(source)
+    assert all(
+        e["segment_ids"].shape == (7,) and e["segment_ids"].dtype == np.int32 for e in examples
+    )
+    sizes = [len(data) + len(SEPARATOR) for data in files]
+    expected = np.repeat(np.arange(len(files)), sizes)
+    joined = np.concatenate([e["segment_ids"] for e in examples])
+    np.testing.assert_array_equal(joined[: len(expected)], expected)
+    np.testing.assert_array_equal(joined[len(expected) :], len(files) - 1)
+
+
+def test_packed_windows_carry_the_file_index_of_every_byte_and_the_loader_passes_it(
+    dataset, corpus, data_dir
+):
+    _, files = corpus
+    packed = get_dataset("bytes", path=str(corpus[0]), seq_len=7, data_dir=data_dir, packed=True)
+    by_index = {i: rel for rel, data in files.items() for i in members(data)}
+    for split, indices in split_members(dataset).items():
+        source = packed.source(split)
+        assert_segment_ids_are_the_files(
+            source, [files[r] for r in sorted(by_index[i] for i in indices)]
+        )
+        for a, b in zip(windows(source), windows(dataset.source(split)), strict=True):
+            np.testing.assert_array_equal(a["inputs"], b["inputs"])
+    assert "segment_ids" not in dataset.source("train")[0]
+    source = packed.source("train")
+    batch = next(Loader(source, 4, seed=0, shuffle=False, pad_to=9).batches(0))
+    assert batch["segment_ids"].shape == (4, 9) and batch["segment_ids"].dtype == np.int32
+    np.testing.assert_array_equal(
+        batch["segment_ids"][:, :7], [source[i]["segment_ids"] for i in range(4)]
+    )
+
+
+def test_packed_windows_of_a_corpus_cut_by_bytes_count_files_from_each_split_start(tmp_path):
+    files = [b"a" * 40, b"b" * 25]  # 2 files: the 67-byte stream is cut 61 / 3 / 3
+    for i, data in enumerate(files):
+        (tmp_path / f"{i}.txt").write_bytes(data)
+    packed = get_dataset(
+        "bytes", path=str(tmp_path), seq_len=7, data_dir=str(tmp_path / "tfds"), packed=True
+    )
+    ids = {
+        s: np.concatenate([e["segment_ids"][: e["length"]] for e in windows(packed.source(s))])
+        for s in SPLITS
+    }
+    np.testing.assert_array_equal(ids["train"], np.repeat([0, 1], [41, 20]))
+    np.testing.assert_array_equal(ids["validation"], [0, 0, 0])
+    np.testing.assert_array_equal(ids["test"], [0, 0, 0])
+
+
 def test_stdlib_default_lists_only_py_files_outside_site_packages():
     corpus = stdlib_corpus()
     assert len(corpus.files) > 500
@@ -224,13 +276,14 @@ def test_stdlib_default_builds_offline_and_its_splits_hold_every_byte(tmp_path):
     assert dataset.source("train")[0]["inputs"].shape == (512,)
 
 
-def test_options_class_is_path_seq_len_split_seed_data_dir_and_size():
+def test_options_class_is_path_seq_len_split_seed_data_dir_packed_and_size():
     fields = {f.name: f.default for f in dataclasses.fields(dataset_options_class("bytes"))}
     assert fields == {
         "path": None,
         "seq_len": 512,
         "split_seed": 0,
         "data_dir": None,
+        "packed": False,
         "size": "full",
     }
 

@@ -5,9 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from ssm.config import ConfigError
 from ssm.data import DATASETS, Dataset, DatasetSpec
+from ssm.models import LanguageModel, SequenceModel
 from ssm.train import Trainer, experiment_config, train
 from ssm.train.checkpoint import Checkpoints
 from ssm.train.loop import loss_and_metrics
@@ -73,6 +75,62 @@ def test_packed_rows_score_the_same_positions_as_the_sequences_apart():
         sums, counts = sums + float(stats["loss_sum"]), counts + float(stats["count"])
     assert float(packed_stats["count"]) == counts == 5  # no target across the boundary
     np.testing.assert_allclose(packed_loss, sums / counts, rtol=1e-6)
+
+
+# Two packed rows of two sequences of 6 tokens; SequenceModel's second sequence of row 1 is padding.
+PACKED_PIECES = [(0, 0, 6), (0, 6, 12), (1, 0, 6), (1, 6, 12)]
+PACKED_MODELS = {
+    "lm-mamba": (LanguageModel, "mamba"),
+    "sequence-mamba": (SequenceModel, "mamba"),
+    "sequence-lru": (SequenceModel, "lru"),
+}
+
+
+def packed_model(kind):
+    cls, layer = PACKED_MODELS[kind]
+    options = dict(layer=layer, layer_options=dict(d_state=4), rngs=nnx.Rngs(0))
+    if cls is LanguageModel:
+        return LanguageModel(8, 16, 1, **options)
+    return SequenceModel(
+        num_classes=8, vocab_size=8, d_model=16, n_layers=1, dropout=0.0, pooling="none", **options
+    )
+
+
+@nnx.jit
+def causal_lm_sums(model, tokens, mask, segment_ids):
+    """(summed loss, count) of causal_lm over a batch, and the gradient of the summed loss."""
+
+    def loss_sum(model):
+        if isinstance(model, LanguageModel):
+            logits = model(tokens, segment_ids=segment_ids)
+        else:
+            logits = model(tokens, mask, segment_ids=segment_ids)
+        _, labels, scored = causal_lm_targets(tokens, mask, segment_ids)
+        stats = loss_and_metrics(logits, labels, scored, jnp.ones(tokens.shape[:1]))[1]
+        return stats["loss_sum"], stats["count"]
+
+    (total, count), grads = nnx.value_and_grad(loss_sum, has_aux=True)(model)
+    return total, count, grads
+
+
+@pytest.mark.parametrize("kind", PACKED_MODELS)
+def test_packed_rows_give_the_loss_and_gradients_of_the_sequences_run_apart(kind):
+    model = packed_model(kind)
+    padded = PACKED_MODELS[kind][0] is SequenceModel  # the LM has no mask: its rows are full
+    tokens = jax.random.randint(jax.random.key(9), (2, 12), 0, 8)
+    segment_ids, mask = np.zeros((2, 12), np.int32), np.ones((2, 12), bool)
+    for i, (row, start, stop) in enumerate(PACKED_PIECES):
+        segment_ids[row, start:stop] = i
+    mask[1, 6:] = not padded
+    total, count, grads = causal_lm_sums(model, tokens, jnp.asarray(mask), jnp.asarray(segment_ids))
+    apart = jnp.stack([tokens[r, a:b] for r, a, b in PACKED_PIECES if mask[r, a]])
+    apart_total, apart_count, apart_grads = causal_lm_sums(
+        model, apart, jnp.ones(apart.shape, bool), None
+    )
+    assert float(count) == float(apart_count) == 5 * len(apart)  # no target across sequences
+    np.testing.assert_allclose(total, apart_total, rtol=1e-5)
+    for g, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(apart_grads), strict=True):
+        np.testing.assert_allclose(g, expected, atol=1e-4 * float(jnp.max(jnp.abs(expected))))
 
 
 def test_masked_lm_masks_only_valid_tokens_at_the_rate_and_scores_only_them():
@@ -217,6 +275,51 @@ def test_language_model_objectives_refuse_what_they_cannot_train(tmp_path, overr
 def test_classify_refuses_a_dataset_without_labels(tmp_path):
     with pytest.raises(ConfigError, match="no labels to classify"):
         Trainer(lm_config(tmp_path, "classify"))
+
+
+def packed_bytes_config(tmp_path, layer):
+    """causal_lm for 2 steps on 8 files of 10 bytes as packed windows of 16 bytes."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir(exist_ok=True)
+    for i in range(8):
+        (corpus / f"{i}.txt").write_text(f"file {i}: ab"[:9])
+    raw = {
+        "layer": layer,
+        "dataset": {
+            "name": "bytes",
+            "path": str(corpus),
+            "seq_len": 16,
+            "packed": True,
+            "data_dir": str(tmp_path / "data"),
+        },
+        "model": {"d_model": 8, "n_layers": 1, "dropout": 0.0, "pooling": "none"},
+        "trainer": {
+            "objective": "causal_lm",
+            "batch_size": 2,
+            "max_steps": 2,
+            "output_dir": str(tmp_path / "run"),
+            "progress": False,
+            "tensorboard": False,
+        },
+    }
+    return experiment_config(raw)
+
+
+def test_causal_lm_trains_on_packed_byte_windows_and_refuses_a_layer_without_segment_ids(
+    tmp_path, monkeypatch
+):
+    calls, call = [], SequenceModel.__call__
+
+    def spy(self, *args, segment_ids=None, **kwargs):  # the segment_ids of each traced call
+        calls.append(None if segment_ids is None else segment_ids.shape)
+        return call(self, *args, segment_ids=segment_ids, **kwargs)
+
+    monkeypatch.setattr(SequenceModel, "__call__", spy)
+    results = train(packed_bytes_config(tmp_path, {"name": "mamba", "d_state": 4}))
+    assert calls and set(calls) == {(2, 16)}  # the train step and the eval step
+    assert np.isfinite(results["test/loss"]) and np.isfinite(results["validation/loss"])
+    with pytest.raises(ConfigError, match=r"packed rows .* layer=s4d .* valid: lru, mamba"):
+        Trainer(packed_bytes_config(tmp_path, {"name": "s4d", "d_state": 8}))
 
 
 def _leaves(tree, prefix=()):
