@@ -18,10 +18,12 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from ssm.ops.dispatch import Unsupported
 
 BLOCKS = {"gpu": {"time_block": 16, "d_block": 128}, "cpu": {"time_block": 16, "d_block": 128}}
+TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)  # the GPU backend (not Mosaic GPU)
 
 
 def _multiply(a, h):
@@ -84,6 +86,7 @@ def _forward(a, b, h0, config):
         out_specs=[seq] * planes,
         out_shape=[jax.ShapeDtypeStruct(b.shape, b.real.dtype)] * planes,
         interpret=interpret,
+        compiler_params=TRITON,
     )(*_planes(a), *_planes(b), *_planes(h0))
     return _join(outputs)
 

@@ -26,12 +26,15 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from ssm.ops.dispatch import Unsupported
 from ssm.ops.numerics import HIGHEST
 
 # Block sizes per platform: T time steps per block, bd channels per program (a power of two).
 BLOCKS = {"gpu": {"time_block": 16, "d_block": 32}, "cpu": {"time_block": 16, "d_block": 32}}
+MIN_DOT = 16  # Triton's smallest matmul tile (the backward's (T, T) suffix sums)
+TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)  # the GPU backend (not Mosaic GPU)
 FACTOR_LIMIT = 40.0  # exp(40) * |u| * T stays far below float32's 3e38
 
 
@@ -196,6 +199,7 @@ def _forward(x, dt, A, B, C, h0, restart, config, save):
         out_specs=out_specs,
         out_shape=out_shape,
         interpret=interpret,
+        compiler_params=TRITON,
     )(x, dt, A, B, C, restart, h0)
 
 
@@ -229,6 +233,7 @@ def _scan_backward(config, residuals, cotangents):
         + [tiles, tiles]
         + [jax.ShapeDtypeStruct((b, d, n), x.dtype), jax.ShapeDtypeStruct((b, d, n), x.dtype)],
         interpret=interpret,
+        compiler_params=TRITON,
     )(x, dt, A, B, C, restart, starts, gy, gh)
 
     def per_group(tile_sums):  # (b, d / bd, l, n) -> (b, l, g, n)
@@ -268,6 +273,10 @@ def selective_scan(
     for name, value in (("time_block", T), ("d_block", bd)):
         if value < 1 or value & (value - 1):
             raise ValueError(f"selective_scan pallas: {name} must be a power of two, got {value}")
+    if not interpret and T < MIN_DOT:
+        raise ValueError(
+            f"selective_scan pallas: time_block must be >= {MIN_DOT} on a GPU, got {T}"
+        )
     padded_length = math.ceil(length / T) * T
     group_width = math.ceil(d // g / bd) * bd
     n_padded = pl.next_power_of_2(n)

@@ -12,7 +12,7 @@ Every exponential is of a sum of non-positive terms: nothing overflows. The forw
 state entering each chunk, (b, h, l / T, p, n); the backward walks the chunks in reverse from
 them, with the same matmuls transposed, and sums the log-decay gradient over the spans that
 hold each step. Padding (Δ = 0: identity steps) brings l to a multiple of T and p, n to powers
-of two.
+of two of at least 16 (Triton's smallest matmul).
 """
 
 import functools
@@ -21,12 +21,15 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from ssm.ops.dispatch import Unsupported
 from ssm.ops.numerics import HIGHEST
 from ssm.ops.pallas.selective_scan import row
 
 CHUNK = {"gpu": 64, "cpu": 64}  # T steps per chunk (a power of two)
+MIN_DOT = 16  # Triton's smallest matmul tile: p and n are padded to it, chunks are no shorter
+TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)  # the GPU backend (not Mosaic GPU)
 
 
 def _dot(a, b):
@@ -164,6 +167,7 @@ def _forward(A, x, dt, B, C, h0, restart, config, save):
         out_specs=out_specs,
         out_shape=out_shape,
         interpret=interpret,
+        compiler_params=TRITON,
     )(A, x, dt, B, C, restart, h0)
 
 
@@ -200,6 +204,7 @@ def _ssd_backward(config, residuals, cotangents):
             jax.ShapeDtypeStruct((b, heads, p, n), x.dtype),
         ],
         interpret=interpret,
+        compiler_params=TRITON,
     )(A, x, dt, B, C, restart, starts, gy, gh)
 
     def per_group(a):  # (b, l, h, n) -> (b, l, g, n): sum over each group's heads
@@ -230,9 +235,11 @@ def ssd(x, dt, A, B, C, h, restart, *, chunk_size=None, interpret=None):
     T = chunk_size or CHUNK.get(platform, CHUNK["gpu"])
     if T < 1 or T & (T - 1):
         raise ValueError(f"ssd pallas: chunk_size must be a power of two, got {T}")
+    if not interpret and T < MIN_DOT:
+        raise ValueError(f"ssd pallas: chunk_size must be >= {MIN_DOT} on a GPU, got {T}")
     (b, length, _, p), n = x.shape, B.shape[-1]
     padded = math.ceil(length / T) * T
-    p_padded, n_padded = pl.next_power_of_2(p), pl.next_power_of_2(n)
+    p_padded, n_padded = (max(MIN_DOT, pl.next_power_of_2(size)) for size in (p, n))
 
     def pad(a, **widths):  # widths: axis -> padded size
         sizes = [(0, widths.get(f"axis{i}", size) - size) for i, size in enumerate(a.shape)]
