@@ -72,8 +72,8 @@ def test_pallas_kernels_refuse_blocks_below_the_smallest_triton_matmul_on_a_gpu(
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     fn, shapes = kernels()["ssd"]
     arrays = [jnp.zeros(shape) for shape in shapes]
-    with pytest.raises(ValueError, match="ssd pallas: chunk_size must be >= 16 on a GPU, got 8"):
-        ssd.ssd(*arrays, None, chunk_size=8, interpret=False)
+    with pytest.raises(ValueError, match="ssd pallas: time_block must be >= 16 on a GPU, got 8"):
+        ssd.ssd(*arrays, None, time_block=8, interpret=False)
     x = jnp.zeros((B, L, 8))
     with pytest.raises(ValueError, match="time_block must be >= 16 on a GPU, got 8"):
         selective_scan.selective_scan(

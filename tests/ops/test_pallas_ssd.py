@@ -31,7 +31,7 @@ def test_ssd_pallas_matches_reference_grad_with_restarts_on_and_inside_chunks():
     inputs = make_inputs(3, length=45, groups=2)
     starts = np.searchsorted([3, 8, 16, 19, 40], np.arange(45), "right")
     inputs["segment_ids"] = jnp.asarray([starts, starts[::-1].max() - starts[::-1]])
-    assert_matches_reference_with_grads(inputs, chunk_size=8)
+    assert_matches_reference_with_grads(inputs, time_block=8)
 
 
 def test_ssd_pallas_stays_exact_for_strong_decays_over_long_chunks():
@@ -40,13 +40,13 @@ def test_ssd_pallas_stays_exact_for_strong_decays_over_long_chunks():
     inputs.pop("segment_ids")
     inputs["dt"] = inputs["dt"] + 3.0
     inputs["A"] = inputs["A"] * 10.0
-    assert_matches_reference_with_grads(inputs, chunk_size=64)
+    assert_matches_reference_with_grads(inputs, time_block=64)
 
 
 def test_ssd_pallas_backward_memory_is_chunk_states_not_every_state():
     # The residuals are the states entering each chunk: per extra step O(h p n / T).
     b, heads, p, n = 1, 2, 32, 64
-    scan = functools.partial(ssd, impl="pallas", chunk_size=32)
+    scan = functools.partial(ssd, impl="pallas", time_block=32)
 
     def grad(*args):
         return jax.grad(lambda *a: scan(*a).sum(), argnums=(0, 1, 2, 3, 4))(*args)
@@ -59,9 +59,9 @@ def test_ssd_pallas_backward_memory_is_chunk_states_not_every_state():
     assert per_step < 0.25 * b * heads * p * n * 4, per_step
 
 
-def test_ssd_pallas_rejects_a_chunk_size_that_is_not_a_power_of_two():
-    with pytest.raises(ValueError, match="ssd pallas: chunk_size must be a power of two, got 12"):
-        run_with_grads(make_inputs(5, length=20), impl="pallas", chunk_size=12)
+def test_ssd_pallas_rejects_a_time_block_that_is_not_a_power_of_two():
+    with pytest.raises(ValueError, match="ssd pallas: time_block must be a power of two, got 12"):
+        run_with_grads(make_inputs(5, length=20), impl="pallas", time_block=12)
 
 
 def test_ssd_pallas_declares_platforms_without_a_kernel_unsupported(monkeypatch):
@@ -79,4 +79,4 @@ def test_ssd_auto_never_picks_pallas_until_a_gpu_benchmark_shows_it_faster():
 @pytest.mark.skipif(not ON_GPU, reason="needs a GPU: the compiled (Triton) kernel")
 def test_ssd_pallas_compiled_matches_reference_grad():
     inputs = make_inputs(6, length=300, heads=4, p=64, groups=1, n=64)
-    assert_matches_reference_with_grads(inputs, chunk_size=64, interpret=False)
+    assert_matches_reference_with_grads(inputs, time_block=64, interpret=False)

@@ -99,7 +99,7 @@ def test_ssd_reference_equals_a_float64_numpy_loop():
     assert_close(h, h_np, 1e-5, "state")
 
 
-CHUNKED = ("chunked", "pallas")  # the impls with a chunk_size option (pallas: powers of two)
+CHUNK_OPTION = {"chunked": "chunk_size", "pallas": "time_block"}  # impls with chunks
 # Each impl on chunk sizes {8, 16, 64} (length 45: ragged tails; 64: one short chunk),
 # groups {1, h}, fp32 and bf16, with and without segments; h0 and return_state always.
 COMBINATIONS = [
@@ -112,7 +112,7 @@ CASES = [
     pytest.param(impl, c, id="-".join([impl, *(f"{k}={v}" for k, v in c.items())]))
     for impl in FAST_IMPLS
     for c in COMBINATIONS
-    if impl in CHUNKED or c["chunk_size"] == 8  # quadratic has no chunks
+    if impl in CHUNK_OPTION or c["chunk_size"] == 8  # quadratic has no chunks
 ]
 
 
@@ -130,7 +130,7 @@ def test_ssd_impl_matches_reference_outputs_and_grads(impl, combination):
     inputs, ((y_ref, h_ref), grads_ref) = reference_with_grads(
         c["groups"], c["dtype"], c["segments"]
     )
-    options = {"chunk_size": c["chunk_size"]} if impl in CHUNKED else {}
+    options = {CHUNK_OPTION[impl]: c["chunk_size"]} if impl in CHUNK_OPTION else {}
     (y, h), grads = run_with_grads(inputs, impl=impl, **options)
     tol = TOLERANCE[c["dtype"]]
     assert y.dtype == jnp.dtype(c["dtype"]) and h.dtype == jnp.float32

@@ -216,13 +216,14 @@ def _ssd_backward(config, residuals, cotangents):
 _ssd.defvjp(_ssd_forward, _ssd_backward)
 
 
-def ssd(x, dt, A, B, C, h, restart, *, chunk_size=None, interpret=None):
+def ssd(x, dt, A, B, C, h, restart, *, time_block=None, interpret=None):
     """The ``SSD`` implementation signature (see ``ssm.ops.ssd``).
 
     Args:
       x: (b, l, h, p) compute dtype.   dt: (b, l, h) the final Δ.   A: (h,).   B, C: (b, l, g, n).
       h: (b, h, p, n) initial state.   restart: (b, l) bool or None.
-      chunk_size: T steps per chunk, a power of two (default: ``CHUNK``).
+      time_block: T steps per chunk, a power of two (default: ``CHUNK``; a Mamba-2 layer's
+        ``chunk_size`` is that of the ``chunked`` impl, not this).
       interpret: run in the Pallas interpreter (default: on CPU, where nothing else runs it).
 
     Returns:
@@ -232,11 +233,11 @@ def ssd(x, dt, A, B, C, h, restart, *, chunk_size=None, interpret=None):
     interpret = platform == "cpu" if interpret is None else interpret
     if not interpret and platform != "gpu":
         raise Unsupported(f"the Pallas SSD is compiled for GPUs only, not {platform}")
-    T = chunk_size or CHUNK.get(platform, CHUNK["gpu"])
+    T = time_block or CHUNK.get(platform, CHUNK["gpu"])
     if T < 1 or T & (T - 1):
-        raise ValueError(f"ssd pallas: chunk_size must be a power of two, got {T}")
+        raise ValueError(f"ssd pallas: time_block must be a power of two, got {T}")
     if not interpret and T < MIN_DOT:
-        raise ValueError(f"ssd pallas: chunk_size must be >= {MIN_DOT} on a GPU, got {T}")
+        raise ValueError(f"ssd pallas: time_block must be >= {MIN_DOT} on a GPU, got {T}")
     (b, length, _, p), n = x.shape, B.shape[-1]
     padded = math.ceil(length / T) * T
     p_padded, n_padded = (max(MIN_DOT, pl.next_power_of_2(size)) for size in (p, n))
