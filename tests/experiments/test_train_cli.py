@@ -139,7 +139,7 @@ def test_cli_runs_with_a_chosen_impl_and_its_options_and_rejects_an_unknown_impl
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "error: layer.impl='fast' is not valid; valid: 'auto', 'associative', 'chunked', "
-        "'chunked_sequential', 'reference'"
+        "'chunked_sequential', 'pallas', 'reference'"
     )
 
 

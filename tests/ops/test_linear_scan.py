@@ -261,7 +261,9 @@ def test_linear_scan_computes_float64_inputs_in_float64(impl):
 
 def test_linear_scan_unknown_impl_names_the_valid_ones():
     inputs = make_inputs(9)
-    with pytest.raises(ValueError, match="'fast'; valid: auto, associative, chunked, reference$"):
+    with pytest.raises(
+        ValueError, match="'fast'; valid: auto, associative, chunked, pallas, reference$"
+    ):
         linear_scan(inputs["a"], inputs["b"], impl="fast")
 
 

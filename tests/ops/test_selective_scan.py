@@ -299,7 +299,7 @@ def test_selective_scan_unknown_impl_names_the_valid_ones():
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
     with pytest.raises(
         ValueError,
-        match="'fast'; valid: auto, associative, chunked, chunked_sequential, reference$",
+        match="'fast'; valid: auto, associative, chunked, chunked_sequential, pallas, reference$",
     ):
         selective_scan(*args, impl="fast")
 
