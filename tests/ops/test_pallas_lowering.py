@@ -1,14 +1,16 @@
-"""Every Pallas kernel lowers for the GPU's Triton backend, forward and backward, on any machine.
+"""Every Pallas kernel lowers for its backend, forward and backward, on any machine.
 
-JAX lowers a Triton ``pallas_call`` without a GPU (for compute capability 9.0), so a primitive
-the backend cannot lower ("Unimplemented primitive", a slice of an in-register array, a reverse
-cumsum) fails here, in the CPU suite, not first on a GPU. Compiling the Triton IR to a binary,
-and running it, still needs a GPU (the ``compiled`` tests of each kernel's test file).
+JAX lowers a Triton ``pallas_call`` without a GPU (for compute capability 9.0), and a Mosaic one
+without a TPU once told a TPU generation, so a primitive the backend cannot lower
+("Unimplemented primitive", a slice of an in-register array, a reverse cumsum, a cumsum on TPU)
+fails here, in the CPU suite, not first on the accelerator. Compiling the lowered kernel to a
+binary, and running it, still needs the device (the ``compiled`` tests of each kernel's file).
 """
 
 import jax
 import jax.numpy as jnp
 import pytest
+from jax._src.pallas.mosaic import tpu_info
 
 from ssm.ops.pallas import linear_scan, selective_scan, ssd
 
@@ -80,3 +82,27 @@ def test_pallas_kernels_refuse_blocks_below_the_smallest_triton_matmul_on_a_gpu(
             x, x, jnp.zeros((8, 4)), jnp.zeros((B, L, 1, 4)), jnp.zeros((B, L, 1, 4)),
             jnp.zeros((B, 8, 4)), None, time_block=8, interpret=False,
         )  # fmt: skip
+
+
+def test_pallas_selective_scan_mosaic_kernel_lowers_for_tpu_forward_and_backward(monkeypatch):
+    # Lowering asks the device for its TPU generation: answer for a v5e (one core).
+    monkeypatch.setattr(tpu_info, "get_device_kind", lambda: "TPU v5 lite")
+    monkeypatch.setattr(tpu_info, "get_num_device_cores", lambda: 1)
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    d, n = 256, 16  # a channel tile of 128 lanes
+    restart = jnp.zeros((B, 128), bool).at[:, 70].set(True)
+
+    def fn(x, dt, A, Bm, Cm, h0):
+        return selective_scan.selective_scan(x, dt, A, Bm, Cm, h0, restart, interpret=False)
+
+    def loss(*arrays):
+        return sum(jnp.sum(out) for out in fn(*arrays))
+
+    shapes = [(B, 128, d), (B, 128, d), (d, n), (B, 128, 1, n), (B, 128, 1, n), (B, d, n)]
+    arrays = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+
+    def lowered(f):
+        return jax.jit(f).trace(*arrays).lower(lowering_platforms=("tpu",)).as_text()
+
+    assert lowered(fn).count("tpu_custom_call") == 1
+    assert lowered(jax.grad(loss, argnums=tuple(range(6)))).count("tpu_custom_call") == 2

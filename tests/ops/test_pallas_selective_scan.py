@@ -50,7 +50,7 @@ def assert_matches_reference_with_grads(inputs, dtype="float32", **kwargs):
 
 
 def pallas_options():
-    return ("time_block", "d_block", "factor_limit", "interpret")
+    return ("time_block", "d_block", "factor_limit", "backend", "interpret")
 
 
 @pytest.mark.parametrize(
@@ -126,11 +126,32 @@ def test_selective_scan_pallas_rejects_block_sizes_that_are_not_powers_of_two(na
         run(functools.partial(selective_scan, impl="pallas", **{name: value}), make_inputs(9))
 
 
-def test_selective_scan_pallas_declares_platforms_without_a_kernel_unsupported(monkeypatch):
-    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    scan = functools.partial(selective_scan, impl="pallas", interpret=False)
-    with pytest.raises(DispatchError, match="compiled for GPUs only, not tpu"):
+@pytest.mark.parametrize("backend, platform", [("triton", "tpu"), ("mosaic", "gpu")])
+def test_selective_scan_pallas_declares_a_backend_off_its_platform_unsupported(
+    monkeypatch, backend, platform
+):
+    monkeypatch.setattr(jax, "default_backend", lambda: platform)
+    scan = functools.partial(selective_scan, impl="pallas", backend=backend, interpret=False)
+    with pytest.raises(DispatchError, match=f"{backend} selective scan is compiled for .*, not"):
         run(scan, make_inputs(9, length=8))
+    with pytest.raises(ValueError, match="backend 'cuda' is not valid; valid: triton, mosaic"):
+        run(functools.partial(selective_scan, impl="pallas", backend="cuda"), make_inputs(9))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_selective_scan_pallas_mosaic_kernel_matches_reference_grad(reverse):
+    # The TPU kernel, interpreted: length 37 in blocks of 8 with restarts on and inside blocks,
+    # 12 channels in 2 groups in tiles of 4 (padded to 8 a group), n 3 (padded to 8), h0.
+    inputs = make_inputs(5, length=37, d=12, n=3, groups=2)
+    assert_matches_reference_with_grads(
+        inputs,
+        dt_softplus=True,
+        reverse=reverse,
+        segment_ids=BOUNDARY_SEGMENTS,
+        backend="mosaic",
+        time_block=8,
+        d_block=4,
+    )
 
 
 def test_selective_scan_auto_never_picks_pallas_until_a_gpu_benchmark_shows_it_faster():

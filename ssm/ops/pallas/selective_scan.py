@@ -30,11 +30,13 @@ from jax.experimental.pallas import triton as pltriton
 
 from ssm.ops.dispatch import Unsupported
 from ssm.ops.numerics import HIGHEST
+from ssm.ops.pallas import selective_scan_tpu
 
 # Block sizes per platform: T time steps per block, bd channels per program (a power of two).
 BLOCKS = {"gpu": {"time_block": 16, "d_block": 32}, "cpu": {"time_block": 16, "d_block": 32}}
 MIN_DOT = 16  # Triton's smallest matmul tile (the backward's (T, T) suffix sums)
 TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)  # the GPU backend (not Mosaic GPU)
+BACKENDS = {"triton": "gpu", "mosaic": "tpu"}  # Pallas backend -> the platform it compiles for
 FACTOR_LIMIT = 40.0  # exp(40) * |u| * T stays far below float32's 3e38
 
 
@@ -247,7 +249,7 @@ _scan.defvjp(_scan_forward, _scan_backward)
 
 def selective_scan(
     x, dt, A, B, C, h, restart, *, time_block=None, d_block=None, factor_limit=FACTOR_LIMIT,
-    interpret=None,
+    backend=None, interpret=None,
 ):  # fmt: skip
     """The ``SELECTIVE_SCAN`` implementation signature (see ``ssm.ops.selective_scan``).
 
@@ -256,6 +258,8 @@ def selective_scan(
       h: (b, d, n) initial state.   restart: (b, l) bool or None.
       time_block: T steps per block; d_block: channels per program (default: ``BLOCKS``).
       factor_limit: the largest |log-decay| of a block for the factored form (0: pair form only).
+      backend: "triton" (this file's kernel, for GPUs) or "mosaic" (``selective_scan_tpu``, for
+        TPUs); default: by platform.
       interpret: run the kernel in the Pallas interpreter (default: on CPU, where nothing else
         runs it).
 
@@ -264,8 +268,19 @@ def selective_scan(
     """
     platform = jax.default_backend()
     interpret = platform == "cpu" if interpret is None else interpret
-    if not interpret and platform != "gpu":
-        raise Unsupported(f"the Pallas selective scan is compiled for GPUs only, not {platform}")
+    backend = backend or ("mosaic" if platform == "tpu" else "triton")
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"selective_scan pallas: backend {backend!r} is not valid; valid: triton, mosaic"
+        )
+    if not interpret and platform != BACKENDS[backend]:
+        raise Unsupported(
+            f"the {backend} selective scan is compiled for {BACKENDS[backend]}s, not {platform}"
+        )
+    if backend == "mosaic":
+        return selective_scan_tpu.selective_scan(
+            x, dt, A, B, C, h, restart, time_block=time_block, d_block=d_block, interpret=interpret
+        )
     blocks = BLOCKS.get(platform, BLOCKS["gpu"])
     T = time_block or blocks["time_block"]
     (b, length, d), (g, n) = x.shape, B.shape[2:]
