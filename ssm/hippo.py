@@ -219,6 +219,31 @@ def perturb_then_diagonalize(A, eps: float, seed: int = 0):
     return eigenvalues.astype(np.complex128), V.astype(np.complex128)
 
 
+def ptd_diagonal(n: int, eps: float, seed: int = 0):
+    """S4-PTD's diagonal system: HiPPO-LegS + E (``perturb_then_diagonalize``) in half storage.
+
+    Kept: the eigenvalue with Im > 0 of each conjugate pair, and every real eigenvalue (its own
+    conjugate), m = n/2 + (number of real eigenvalues)/2 modes in all. For any real C the kernel
+    of (A + E, B, C) is then 2 Re Σ_k (C W)_k B̃_k Λ̄_k^l, with B̃ = (V⁻¹ B) and W = V on the kept
+    modes, W's real-eigenvalue columns halved (the 2 Re counts them twice).
+
+    Returns:
+      Λ: (m,) complex128, pairs first (Im increasing), then the real ones (decreasing);
+      B̃: (m,) complex128;  W: (n, m) complex128.
+    """
+    A, B = hippo_legs(n)
+    eigenvalues, V = perturb_then_diagonalize(A, eps, seed)
+    B_eig = np.linalg.solve(V, B)
+    imag = eigenvalues.imag
+    real = np.abs(imag) <= 1e-9 * np.abs(eigenvalues)
+    pairs = np.flatnonzero(~real & (imag > 0))
+    reals = np.flatnonzero(real)
+    pairs, reals = pairs[np.argsort(imag[pairs])], reals[np.argsort(-eigenvalues[reals].real)]
+    keep = np.concatenate([pairs, reals])
+    W = V[:, keep] * np.where(real[keep], 0.5, 1.0)
+    return eigenvalues[keep], B_eig[keep], W
+
+
 def transfer_function(A, B, C, omega):
     """G(iω) = C (iω I − A)⁻¹ B of the SSM (A, B, C) on the imaginary axis.
 

@@ -7,28 +7,29 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm.hippo import nplr
+from ssm.hippo import MEASURES, nplr
 
-S4DInit = Literal["legs", "lin", "inv", "real"]
-S4D_INITS = ("legs", "lin", "inv", "real")
+S4DInit = Literal["legs", "legt", "lagt", "fout", "lin", "inv", "real"]
+S4D_INITS = (*MEASURES, "lin", "inv", "real")
 
 
 def s4d_init(init: S4DInit, d_state: int):
     """Initial diagonal (A, B) of S4D, one of each conjugate pair.
 
-    A: legs: Λ of ``nplr("legs", d_state)``, the eigenvalues of the normal part of HiPPO-LegS;
-    lin: -1/2 + iπk;  inv: -1/2 + i n/π (n/(2k+1) - 1);  real: -(k+1).
-    B: legs: the S4 code's S4D-LegS B, Vᴴ B of HiPPO-LegS in that eigenbasis with Im B clipped
-    to [-2, 2] (|B| in about [0.5, 2.0]); the S4D paper's theory halves it for the kernel to
-    approach S4-LegS's, the S4 code drops the 1/2 (a scale that C absorbs);  lin, inv, real: 1.
+    A HiPPO measure (legs, legt, lagt, fout) gives the diagonal of the normal part of its NPLR
+    form and B in that eigenbasis, as the S4 code derives its diagonal inits: (Λ, Vᴴ B) of
+    ``nplr(init, d_state)`` with Im B clipped to [-2, 2] and Re Λ to <= -1e-4 (legt, lagt and
+    fout have Re Λ = 0). For legs |B| is in about [0.5, 2.0]; the S4D paper's theory halves it
+    for the kernel to approach S4-LegS's, the S4 code drops the 1/2 (a scale that C absorbs).
+    lin: A = -1/2 + iπk;  inv: -1/2 + i n/π (n/(2k+1) - 1);  real: -(k+1);  B = 1 for these.
 
     Returns:
       A: (d_state // 2,) complex128, B: (d_state // 2,) complex128.
     """
     k = np.arange(d_state // 2)
-    if init == "legs":
-        A, _, B, _ = nplr("legs", d_state, b_clip=2.0)
-        return A, B
+    if init in MEASURES:
+        A, _, B, _ = nplr(init, d_state, b_clip=2.0)
+        return np.minimum(A.real, -1e-4) + 1j * A.imag, B
     if init == "lin":
         A = -0.5 + 1j * np.pi * k
     elif init == "inv":

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import scipy.linalg
 
 from ssm.hippo import (
     MEASURES,
@@ -9,6 +10,7 @@ from ssm.hippo import (
     nplr,
     nplr_legs,
     perturb_then_diagonalize,
+    ptd_diagonal,
     rank_correction,
     transfer_function,
     transition,
@@ -137,15 +139,46 @@ def test_s4d_legs_B_is_the_clipped_hippo_B_in_the_eigenbasis():
 
 
 @pytest.mark.parametrize("init", S4D_INITS)
-def test_s4d_init_A_is_s4d_diagonal_and_B_is_one_except_for_legs(init):
+def test_s4d_init_A_is_s4d_diagonal_and_B_is_the_measures_or_one(init):
     A, B = s4d_init(init, 16)
     assert A.shape == B.shape == (8,)
     np.testing.assert_array_equal(A, s4d_diagonal(init, 16))
     assert np.all(A.real < 0)
-    if init != "legs":
+    if init in MEASURES:  # the normal part's diagonal and S4's clipped B, Re Λ kept below 0
+        Lambda, _, B_clipped, _ = nplr(init, 16, b_clip=2.0)
+        np.testing.assert_array_equal(A.imag, Lambda.imag)
+        np.testing.assert_array_equal(A.real, np.minimum(Lambda.real, -1e-4))
+        np.testing.assert_array_equal(B, B_clipped)
+    else:
         np.testing.assert_array_equal(B, np.ones(8))
-    with pytest.raises(ValueError, match="^unknown S4D init 'fout'; valid: legs, lin, inv, real$"):
-        s4d_init("fout", 16)
+    with pytest.raises(ValueError, match="^unknown S4D init 'hippo'; valid: legs, legt, lagt, fo"):
+        s4d_init("hippo", 16)
+
+
+def zoh_kernel_dense(A, B, C, dt, length):
+    """K_l = C Ā^l B̄ of a dense real SSM, ZOH: Ā = exp(ΔA), B̄ = A⁻¹(Ā − I)B; float64."""
+    dA = scipy.linalg.expm(dt * A)
+    x, kernel = np.linalg.solve(A, (dA - np.eye(len(A))) @ B), []
+    for _ in range(length):
+        kernel.append(C @ x)
+        x = dA @ x
+    return np.array(kernel)
+
+
+@pytest.mark.parametrize("n, eps, seed", [(16, 0.1, 0), (16, 0.01, 0), (64, 0.1, 0), (64, 0.1, 5)])
+def test_ptd_diagonal_half_storage_has_the_kernel_of_perturbed_legs(n, eps, seed):
+    A, B = hippo_legs(n)
+    E = np.random.default_rng(seed).standard_normal((n, n))
+    E *= eps / np.linalg.norm(E, 2)
+    Lambda, B_eig, W = ptd_diagonal(n, eps, seed)
+    real = np.linalg.eigvals(A + E).imag == 0
+    assert len(Lambda) == n // 2 + real.sum() // 2  # pairs once, real eigenvalues each
+    assert np.all(Lambda.real < 0) and np.all(Lambda[: n // 2 - real.sum() // 2].imag > 0)
+    C, dt, length = np.random.default_rng(1).standard_normal(n), 0.01, 300
+    dA = np.exp(dt * Lambda)
+    diagonal = 2 * (np.power.outer(dA, np.arange(length)).T @ ((C @ W) * (dA - 1) / Lambda * B_eig))
+    dense = zoh_kernel_dense(A + E, B, C, dt, length)
+    np.testing.assert_allclose(diagonal.real, dense, atol=1e-8 * np.abs(dense).max())
 
 
 def test_legs_diagonal_is_the_spectrum_of_the_normal_part():

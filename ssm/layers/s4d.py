@@ -12,7 +12,8 @@ import numpy as np
 from flax import nnx
 
 from ssm.config import PositiveFloat, PositiveInt
-from ssm.init import S4DInit, s4d_init
+from ssm.hippo import ptd_diagonal
+from ssm.init import S4D_INITS, S4DInit, s4d_init
 from ssm.layers.base import (
     EvenStateSize,
     SequenceLayer,
@@ -34,8 +35,15 @@ class S4D(SequenceLayer):
     Kernel math runs in float32/complex64 whatever ``dtype``; the output is cast to the compute
     dtype. Output features: ``channels * d_model`` (the backbone's output projection mixes them).
     ``impl`` picks the long-convolution implementation (a name registered in ``LONG_CONV``).
-    A and B start from ``ssm.init.s4d_init(init, d_state)`` (for legs, S4's derived B).
-    The state is (b, h, n2) complex64; a bidirectional S4D has none.
+    A and B start from ``ssm.init.s4d_init(init, d_state)`` (for a HiPPO measure, S4's derived
+    B), C complex normal. ``init="ptd"`` is S4-PTD (Yu, Mahoney & Erichson 2024): HiPPO-LegS
+    perturbed by ||E||₂ = ``ptd_eps`` and diagonalized (``ssm.hippo.ptd_diagonal``), B̃ = V⁻¹ B and
+    C̃ = C V for a real normal C, so the initial kernel is that of HiPPO-LegS + E; it keeps the
+    perturbed spectrum's real eigenvalues too, n2 = d_state/2 + (their number)/2 (34 at
+    d_state 64). Its B̃ and C̃ are large and cancel (|B̃| up to ~1e5 at d_state 64, eps 0.1), so
+    the float32 kernel at init is off the exact one by about 1e-5 (d_state 16) to 1e-3 (d_state
+    64-128) relative; a larger ``ptd_eps`` is better conditioned. The state is (b, h, n2)
+    complex64; a bidirectional S4D has none.
     """
 
     def __init__(
@@ -43,7 +51,8 @@ class S4D(SequenceLayer):
         d_model: PositiveInt,
         *,
         d_state: EvenStateSize = 64,
-        init: S4DInit = "legs",
+        init: Literal[S4DInit, "ptd"] = "legs",
+        ptd_eps: PositiveFloat = 0.1,
         disc: Literal["zoh", "bilinear"] = "zoh",
         dt_min: PositiveFloat = 1e-3,
         dt_max: PositiveFloat = 1e-1,
@@ -55,21 +64,30 @@ class S4D(SequenceLayer):
         rngs: nnx.Rngs,
     ):
         check_order("S4D", dt_min=dt_min, dt_max=dt_max)
+        if init not in (*S4D_INITS, "ptd"):
+            raise ValueError(f"unknown S4D init {init!r}; valid: {', '.join(S4D_INITS)}, ptd")
         self.d_model, self.d_state, self.channels = d_model, d_state, channels
         LONG_CONV.check(impl, "S4D impl")
         self.disc, self.bidirectional, self.impl = disc, bidirectional, impl
         self.dtype, self.param_dtype = canonical_dtype(dtype), canonical_dtype(param_dtype)
         self.d_output = channels * d_model
-        h, n2 = d_model, d_state // 2
+        h = d_model
         copies = channels * (2 if bidirectional else 1)
 
         u = jax.random.uniform(rngs.params(), (h,))
         self.log_dt = SSMParam(u * (np.log(dt_max) - np.log(dt_min)) + np.log(dt_min))
-        A, B = (np.broadcast_to(v, (h, n2)) for v in s4d_init(init, d_state))
+        if init == "ptd":
+            A, B, W = ptd_diagonal(d_state, ptd_eps)
+            C = np.asarray(jax.random.normal(rngs.params(), (copies, h, d_state)), np.float64) @ W
+            C = jnp.asarray(np.stack([C.real, C.imag], -1), jnp.float32)
+        else:
+            A, B = s4d_init(init, d_state)
+            C = jax.random.normal(rngs.params(), (copies, h, d_state // 2, 2)) * np.sqrt(0.5)
+        A, B = (np.broadcast_to(v, (h, len(A))) for v in (A, B))
         self.log_A_real = SSMParam(jnp.asarray(np.log(-A.real), jnp.float32))
         self.A_imag = SSMParam(jnp.asarray(A.imag, jnp.float32))
         self.B = SSMParam(jnp.asarray(np.stack([B.real, B.imag], -1), jnp.float32))
-        self.C = SSMParam(jax.random.normal(rngs.params(), (copies, h, n2, 2)) * np.sqrt(0.5))
+        self.C = SSMParam(C)
         self.D = nnx.Param(jax.random.normal(rngs.params(), (channels, h), self.param_dtype))
 
     def discrete(self):
@@ -141,7 +159,7 @@ class S4D(SequenceLayer):
     def initial_state(self, batch_size: int):
         """Zero state, (b, h, n2) complex64."""
         self.require_state("initial_state()")
-        return jnp.zeros((batch_size, self.d_model, self.d_state // 2), jnp.complex64)
+        return jnp.zeros((batch_size, *self.A_imag.shape), jnp.complex64)
 
     def step(self, x_t, state):
         """One recurrent step. x_t: (b, h), state: (b, h, n2) -> (y_t (b, c*h), state)."""

@@ -74,7 +74,8 @@ def test_default_experiment_is_sequential_digits_with_s4d():
     [
         (
             "layer.init=hippo",
-            "layer.init='hippo' is not valid; valid: 'legs', 'lin', 'inv', 'real'",
+            "layer.init='hippo' is not valid; valid: 'legs', 'legt', 'lagt', 'fout', 'lin', 'inv',"
+            " 'real', 'ptd'",
         ),
         ("model.norm=group", "model.norm='group' is not valid; valid: 'layer', 'batch'"),
         ("model.d_model=wide", "model.d_model='wide' must be an integer"),

@@ -153,7 +153,7 @@ def test_dss_softmax_has_no_recurrent_state_and_says_why():
         (dict(d_state=7), "DSS d_state=7 is not valid; valid: an integer >= 2 divisible by 2"),
         (dict(dt_min=0.2, dt_max=0.1), "dt_min <= dt_max"),
         (dict(channels=0), "channels=0 is not valid; valid: an integer >= 1"),
-        (dict(init="hippo"), "valid: legs, lin, inv, real"),
+        (dict(init="hippo"), "valid: legs, legt, lagt, fout, lin, inv, real"),
         (dict(impl="nope"), "unknown DSS impl 'nope'; valid: auto"),
     ],
 )

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ssm.hippo import ptd_diagonal
 from ssm.init import s4d_init
 from ssm.layers import S4D
 from ssm.ops import reference
@@ -62,7 +63,10 @@ def test_s4d_starts_from_s4d_init_A_and_B_in_every_channel(init):
     [
         (dict(d_state=7), "S4D d_state=7 is not valid; valid: an integer >= 2 divisible by 2"),
         (dict(dt_min=0.2, dt_max=0.1), "dt_min <= dt_max"),
-        (dict(init="hippo"), "valid: legs, lin, inv, real"),
+        (
+            dict(init="hippo"),
+            "^unknown S4D init 'hippo'; valid: legs, legt, lagt, fout, lin, inv, real, ptd$",
+        ),
     ],
 )
 def test_s4d_bad_options_give_clear_errors(kwargs, message):
@@ -87,3 +91,31 @@ def test_s4d_impl_selects_the_long_conv_implementation():
     direct = S4D(6, d_state=16, impl="reference", rngs=nnx.Rngs(0))
     assert (fft.impl, direct.impl) == ("fft", "reference")
     np.testing.assert_allclose(fft(x), direct(x), rtol=1e-4, atol=1e-4)
+
+
+def test_s4d_ptd_starts_from_the_kernel_of_perturbed_hippo_legs_and_steps_its_own_state():
+    """S4-PTD: the float32 kernel at init is that of ``ptd_diagonal``'s system (Λ, B̃, C W) for
+    the layer's real C, in float64 (test_hippo proves that system's kernel is HiPPO-LegS + E's);
+    its state (n2 = 16 + reals / 2 modes) goes in, out and step()s."""
+    n, eps, length = 32, 0.5, 64  # seed 0: two real eigenvalues, so n2 = 17
+    layer = S4D(2, d_state=n, init="ptd", ptd_eps=eps, dt_min=0.01, rngs=nnx.Rngs(0))
+    replay = nnx.Rngs(0)
+    replay.params()  # log Δ's key, then C's: the layer's real C (copies, h, n)
+    C = np.asarray(jax.random.normal(replay.params(), (1, 2, n)), np.float64)[0]
+    Lambda, B, W = ptd_diagonal(n, eps)
+    kernel = np.asarray(layer.kernel(length))[0]  # (h, l)
+    for channel, dt in enumerate(np.exp(np.asarray(layer.log_dt[...], np.float64))):
+        dA = np.exp(dt * Lambda)
+        weights = (C[channel] @ W) * (dA - 1) / Lambda * B
+        exact = 2 * (np.power.outer(dA, np.arange(length)).T @ weights).real
+        np.testing.assert_allclose(kernel[channel], exact, atol=1e-3 * np.abs(exact).max())
+    assert layer.A_imag.shape == (2, 17) and layer.initial_state(3).shape == (3, 2, 17)
+    x = inputs(h=2, length=12)
+    h0 = jax.random.normal(jax.random.key(2), (2, 2, 17), jnp.complex64)
+    y, h = layer(x, state=h0, return_state=True)
+    state, steps = h0, []
+    for t in range(x.shape[1]):
+        y_t, state = layer.step(x[:, t], state)
+        steps.append(y_t)
+    np.testing.assert_allclose(y, jnp.stack(steps, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(h, state, rtol=1e-4, atol=1e-4)
