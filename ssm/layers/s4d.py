@@ -159,7 +159,7 @@ class S4D(SequenceLayer):
     def initial_state(self, batch_size: int):
         """Zero state, (b, h, n2) complex64."""
         self.require_state("initial_state()")
-        return jnp.zeros((batch_size, *self.A_imag.shape), jnp.complex64)
+        return jnp.zeros((batch_size, self.d_model, self.A_imag.shape[-1]), jnp.complex64)
 
     def step(self, x_t, state):
         """One recurrent step. x_t: (b, h), state: (b, h, n2) -> (y_t (b, c*h), state)."""
