@@ -45,12 +45,25 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class CurriculumStage:
+    """``steps`` training steps on the dataset with the options ``dataset`` changed (e.g. a
+    shorter ``seq_len``); validation and test always use the configured dataset."""
+
+    steps: PositiveInt
+    dataset: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     """Objective, loop length, batching, evaluation, checkpointing and logging.
 
     ``objective``: see ``ssm.train.objectives``; ``mask_rate``: masked_lm's masking probability.
     ``eval_every``: steps between validations (None: once per epoch).
     ``init_from``: a run folder whose backbone weights (everything but the head) start this run.
+    ``curriculum``: stages trained, in order, before the configured dataset (e.g. sequence-length
+    warmup: ``[{steps: 1500, dataset: {seq_len: 64}}]``); their steps count towards
+    ``max_steps``, and ``epochs`` (and so the once-per-epoch validation) counts the configured
+    dataset's epochs after them.
     ``sample_every``: causal_lm only, steps between samples of the model (a greedy and a
     temperature-1 continuation of ``sample_length`` tokens after the start of the first
     validation example) appended to ``samples.jsonl`` and printed.
@@ -67,6 +80,7 @@ class TrainerConfig:
     objective: Objective = "classify"
     mask_rate: Annotated[float, Range(0, 1, min_open=True, max_open=True)] = 0.15
     init_from: str | None = None
+    curriculum: tuple[CurriculumStage, ...] = ()
     seed: NonNegativeInt = 0
     batch_size: PositiveInt = 64
     eval_batch_size: PositiveInt | None = None

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 from collections.abc import Callable
@@ -14,8 +15,9 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from ssm.config import ConfigError, options_of
+from ssm.config import ConfigError, from_mapping, options_of
 from ssm.data import Loader, get_dataset
+from ssm.data.registry import dataset_options_class
 from ssm.layers.base import packing_layers
 from ssm.models import SequenceModel, generate
 from ssm.train.checkpoint import Checkpoints, all_finite
@@ -141,12 +143,6 @@ class Trainer:
                 f"dataset {spec.name!r} has no labels to classify; "
                 "use trainer.objective=causal_lm or masked_lm"
             )
-        train_examples = len(self.dataset.source("train"))
-        if tc.batch_size > train_examples:
-            raise ConfigError(
-                f"trainer.batch_size={tc.batch_size} is larger than the training split "
-                f"({train_examples} examples)"
-            )
         self.eval_batch_size = tc.eval_batch_size or tc.batch_size
         self.mesh = make_mesh(tc.devices)
         check_batch(self.mesh, batch_size=tc.batch_size, eval_batch_size=self.eval_batch_size)
@@ -155,16 +151,21 @@ class Trainer:
                 f"trainer.grad_accum={tc.grad_accum} does not split trainer.batch_size="
                 f"{tc.batch_size} into micro-batches that split over {self.mesh.size} devices"
             )
-        # Every batch is padded to the dataset's length: one compiled step for all of them.
-        self.train_loader = Loader(
-            self.dataset.source("train"),
-            tc.batch_size,
-            seed=tc.seed,
-            pad_to=spec.seq_len,
-            shard=host_shard(),
-        )
+        self.train_loader = self._train_loader(self.dataset)
+        self.stages = [
+            (s.steps, self._train_loader(self._stage_dataset(i)))
+            for i, s in enumerate(tc.curriculum)
+        ]
+        self.warmup_steps = warmup = sum(steps for steps, _ in self.stages)
         steps_per_epoch = self.train_loader.steps_per_epoch
-        self.total_steps = tc.max_steps if tc.max_steps is not None else tc.epochs * steps_per_epoch
+        self.total_steps = (
+            tc.max_steps if tc.max_steps is not None else warmup + tc.epochs * steps_per_epoch
+        )
+        if self.total_steps <= warmup:
+            raise ConfigError(
+                f"trainer.curriculum's {warmup} steps leave none of trainer.max_steps="
+                f"{self.total_steps} for the configured dataset; raise max_steps"
+            )
         model = build_model(config, spec, tc.seed)
         packed = "segment_ids" in self.dataset.source("train")[0]
         if packed and tc.objective == "causal_lm" and not model.blocks[0].layer.packs_segments:
@@ -209,6 +210,42 @@ class Trainer:
             ),
             out_shardings=everywhere,
         )
+
+    def _train_loader(self, dataset) -> Loader:
+        """Every batch is padded to the dataset's length: one compiled step for all of them."""
+        tc = self.config.trainer
+        source, length = dataset.source("train"), dataset.spec.seq_len
+        if tc.batch_size > len(source):
+            raise ConfigError(
+                f"trainer.batch_size={tc.batch_size} is larger than the training split "
+                f"({len(source)} examples)"
+            )
+        return Loader(source, tc.batch_size, seed=tc.seed, pad_to=length, shard=host_shard())
+
+    def _stage_dataset(self, index: int):
+        """The dataset of curriculum stage ``index``: the configured one with some options
+        changed; its classes and vocabulary must be the configured dataset's."""
+        config, where = self.config, f"trainer.curriculum[{index}].dataset"
+        options = {**options_of(config.dataset), **config.trainer.curriculum[index].dataset}
+        options = from_mapping(dataset_options_class(config.dataset_name), options, where)
+        dataset = get_dataset(config.dataset_name, **options_of(options))
+        for key in ("num_classes", "vocab_size"):
+            here, there = getattr(dataset.spec, key), getattr(self.dataset.spec, key)
+            if here != there:
+                raise ConfigError(
+                    f"{where} changes the dataset's {key} ({there} -> {here}); a curriculum "
+                    "stage may change only what keeps the model's input and output the same"
+                )
+        return dataset
+
+    def train_batches(self, step: int):
+        """The training batches from ``step`` to the end of its epoch or curriculum stage."""
+        ends = [*itertools.accumulate(steps for steps, _ in self.stages), self.total_steps]
+        loaders = [loader for _, loader in self.stages] + [self.train_loader]
+        index = sum(end <= step for end in ends[:-1])
+        start = ends[index - 1] if index else 0
+        epoch, offset = divmod(step - start, loaders[index].steps_per_epoch)
+        yield from itertools.islice(loaders[index].batches(epoch, offset), ends[index] - step)
 
     def put(self, batch: dict, *, local: bool = True) -> dict:
         """A batch as global arrays split over the mesh: from this host's rows (``local``, as
@@ -582,18 +619,20 @@ class _Member:
         (taken only when needed)."""
         tc, trainer = self.tc, self.trainer
         total, per_epoch = trainer.total_steps, trainer.train_loader.steps_per_epoch
+        after = step - trainer.warmup_steps  # steps on the configured dataset (after a curriculum)
         if tc.objective == "causal_lm" and tc.sample_every and step % tc.sample_every == 0:
             state = state_of()
             check_diverged(state, self.checkpoints)
             write_sample(self.out, trainer.samples(state, step, tc.sample_length))
         if tc.checkpoint_every and step % tc.checkpoint_every == 0:
             self.save(step, state_of())
-        if step % (tc.eval_every or per_epoch) == 0 or step == total:
+        due = step % tc.eval_every == 0 if tc.eval_every else after > 0 and after % per_epoch == 0
+        if due or step == total:
             state = state_of()
             check_diverged(state, self.checkpoints)
             val = trainer.evaluate(state, "validation")
             self.last_validation = (step, val)
-            self.metrics.write(step, {"epoch": step / per_epoch, **val})
+            self.metrics.write(step, {"epoch": max(after, 0) / per_epoch, **val})
             self.checkpoints.save_if_best(step, state, val)
             self.save(step, state)
 
@@ -631,9 +670,10 @@ class _Steps:
         self.state = jax.tree.map(lambda *x: jnp.stack(x), *states)
         self.step = jax.jit(jax.vmap(first._train_step), donate_argnums=0)
 
-    def batches(self, epoch: int, start: int):
-        """This epoch's batches from ``start``: one run's, or every seed's stacked."""
-        loaders = [m.trainer.train_loader.batches(epoch, start) for m in self.members]
+    def batches(self, step: int):
+        """The batches from ``step`` to the end of its epoch or stage: one run's, or every
+        seed's stacked."""
+        loaders = [m.trainer.train_batches(step) for m in self.members]
         if len(loaders) == 1:
             yield from map(self.members[0].trainer.put, loaders[0])
             return
@@ -649,12 +689,10 @@ class _Steps:
 def _run(steps: _Steps, step: int, bar, signals, on_step) -> dict:
     """Train every member from ``step`` to the end; the final (possibly stacked) state."""
     first = steps.members[0].trainer
-    total, per_epoch = first.total_steps, first.train_loader.steps_per_epoch
-    log_every = first.config.trainer.log_every
+    total, log_every = first.total_steps, first.config.trainer.log_every
     state = steps.state
     while step < total:
-        epoch, start = divmod(step, per_epoch)
-        for batch in steps.batches(epoch, start):
+        for batch in steps.batches(step):
             state, _ = steps.step(state, batch)
             step += 1
             bar.update(1)
