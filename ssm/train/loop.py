@@ -212,7 +212,7 @@ class Trainer:
         )
 
     def _train_loader(self, dataset) -> Loader:
-        """Every batch is padded to the dataset's length: one compiled step for all of them."""
+        """Batches padded to the dataset's length: one compiled step per dataset (stage)."""
         tc = self.config.trainer
         source, length = dataset.source("train"), dataset.spec.seq_len
         if tc.batch_size > len(source):
